@@ -1,0 +1,369 @@
+//! Wire contract v1 between agents and indexers (see `docs/protocol.md`).
+//!
+//! Topics:
+//! - `watch`: retained target list, published by indexers ([`WatchList`]).
+//! - `ping/{target}`: one [`PingResult`] per (agent, target, round).
+//! - `rip/agent/{agent}`: last will or clean-shutdown notice ([`Rip`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Topic carrying the retained target list.
+pub const WATCH_TOPIC: &str = "watch";
+/// Prefix of result topics: `ping/{target}`.
+pub const PING_PREFIX: &str = "ping/";
+/// Prefix of agent lifecycle topics: `rip/agent/{agent}`.
+pub const RIP_AGENT_PREFIX: &str = "rip/agent/";
+/// Longest target text accepted, in bytes (the longest DNS name).
+pub const MAX_TARGET_LEN: usize = 253;
+/// Largest `watch` payload accepted, in bytes.
+pub const MAX_WATCH_BYTES: usize = 1024 * 1024;
+/// Largest `ping/...` or `rip/...` payload accepted, in bytes.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// Topic of the results for `target`.
+pub fn ping_topic(target: &str) -> String {
+    format!("{PING_PREFIX}{target}")
+}
+
+/// Topic of the lifecycle notices of `agent`.
+pub fn rip_topic(agent: &str) -> String {
+    format!("{RIP_AGENT_PREFIX}{agent}")
+}
+
+/// A validated target: text usable as one MQTT topic level, not an address
+/// that must never be pinged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target(String);
+
+impl Target {
+    /// The target exactly as written in `watch`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The literal address when the target is an IP literal (`[v6]` accepted).
+    pub fn ip(&self) -> Option<IpAddr> {
+        let s = self.0.as_str();
+        let s = s
+            .strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .unwrap_or(s);
+        s.parse().ok()
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a target text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("empty target")]
+    Empty,
+    #[error("target longer than {MAX_TARGET_LEN} bytes")]
+    TooLong,
+    #[error("target contains {0:?}, which cannot stand in an MQTT topic level")]
+    BadChar(char),
+    #[error("{0} is a multicast, broadcast or unspecified address")]
+    ForbiddenAddress(IpAddr),
+}
+
+impl std::str::FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(TargetError::Empty);
+        }
+        if s.len() > MAX_TARGET_LEN {
+            return Err(TargetError::TooLong);
+        }
+        // `+`, `#` and `/` would change the topic's meaning; NUL, control
+        // characters and white space make mosquitto drop the publisher or
+        // cannot be a host name at all.
+        if let Some(c) = s
+            .chars()
+            .find(|c| matches!(c, '+' | '#' | '/') || c.is_control() || c.is_whitespace())
+        {
+            return Err(TargetError::BadChar(c));
+        }
+        let target = Target(s.to_owned());
+        if let Some(ip) = target.ip() {
+            if forbidden_address(ip) {
+                return Err(TargetError::ForbiddenAddress(ip));
+            }
+        }
+        Ok(target)
+    }
+}
+
+/// Addresses an agent must never send echo requests to.
+pub fn forbidden_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified(),
+        IpAddr::V6(v6) => v6.is_multicast() || v6.is_unspecified(),
+    }
+}
+
+/// One item of the `watch` list: a host string or an object with `host`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetSpec {
+    Host(String),
+    // Unknown keys are ignored on purpose: room for per-target settings.
+    Object { host: String },
+}
+
+impl TargetSpec {
+    pub fn host(&self) -> &str {
+        match self {
+            TargetSpec::Host(h) | TargetSpec::Object { host: h } => h,
+        }
+    }
+}
+
+/// Payload of the retained `watch` topic.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WatchList {
+    pub targets: Vec<TargetSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Why a `watch` payload was ignored as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("watch payload of {0} bytes exceeds the {MAX_WATCH_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed watch payload: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// A parsed `watch` message: the accepted targets (deduplicated, in order)
+/// and the items that were refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ParsedWatch {
+    pub targets: Vec<Target>,
+    pub rejected: Vec<(String, TargetError)>,
+    pub version: Option<String>,
+}
+
+impl WatchList {
+    /// Builds the list an indexer publishes.
+    pub fn new(targets: &[Target], version: String) -> Self {
+        WatchList {
+            targets: targets
+                .iter()
+                .map(|t| TargetSpec::Host(t.as_str().to_owned()))
+                .collect(),
+            version: Some(version),
+        }
+    }
+
+    /// Parses a `watch` payload. An empty payload means no targets; invalid
+    /// items are reported in `rejected`, never pinged.
+    pub fn parse(payload: &[u8]) -> Result<ParsedWatch, WatchError> {
+        if payload.len() > MAX_WATCH_BYTES {
+            return Err(WatchError::TooLarge(payload.len()));
+        }
+        if payload.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(ParsedWatch::default());
+        }
+        let list: WatchList = serde_json::from_slice(payload)?;
+        let mut parsed = ParsedWatch {
+            version: list.version,
+            ..ParsedWatch::default()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for spec in list.targets {
+            match spec.host().parse::<Target>() {
+                Ok(t) => {
+                    if seen.insert(t.clone()) {
+                        parsed.targets.push(t);
+                    }
+                }
+                Err(e) => parsed.rejected.push((spec.host().to_owned(), e)),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// Round-trip time statistics of one round, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RttStats {
+    pub min: f64,
+    pub avg: f64,
+    pub max: f64,
+    pub stddev: f64,
+}
+
+impl RttStats {
+    /// Statistics over the echoes that came back; `None` when none did.
+    pub fn from_rtts(rtts: &[Option<f64>]) -> Option<Self> {
+        let got: Vec<f64> = rtts.iter().flatten().copied().collect();
+        if got.is_empty() {
+            return None;
+        }
+        let n = got.len() as f64;
+        let avg = got.iter().sum::<f64>() / n;
+        let var = got.iter().map(|x| (x - avg).powi(2)).sum::<f64>() / n;
+        Some(RttStats {
+            min: got.iter().copied().fold(f64::INFINITY, f64::min),
+            avg,
+            max: got.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            stddev: var.sqrt(),
+        })
+    }
+}
+
+/// Payload of `ping/{target}`: one round of one agent towards one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingResult {
+    /// Agent name.
+    pub agent: String,
+    /// Agent labels, copied into every result.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Target exactly as written in `watch`.
+    pub target: String,
+    /// Address pinged this round; `None` when the name did not resolve.
+    pub addr: Option<IpAddr>,
+    /// Start of the round, RFC 3339 UTC.
+    pub timestamp: String,
+    /// Seconds between rounds.
+    pub interval: f64,
+    /// Echo requests sent.
+    pub sent: u32,
+    /// Echo replies received.
+    pub received: u32,
+    /// Statistics in milliseconds; `None` when nothing came back.
+    pub rtt: Option<RttStats>,
+    /// One entry per echo in send order: milliseconds, or `None` if lost.
+    pub rtts: Vec<Option<f64>>,
+    /// Set when the name did not resolve or sending failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PingResult {
+    /// The identity of a result: the same result delivered twice has the
+    /// same key.
+    pub fn key(&self) -> (&str, &str, &str) {
+        (&self.agent, &self.target, &self.timestamp)
+    }
+}
+
+/// Why an agent's lifecycle notice was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RipReason {
+    /// The broker published the last will: the agent vanished.
+    Lost,
+    /// The agent stopped cleanly.
+    Shutdown,
+}
+
+/// Payload of `rip/agent/{agent}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rip {
+    pub agent: String,
+    pub reason: RipReason,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_that_cannot_be_topic_levels_are_refused() {
+        for bad in ["", "a+b", "a#", "a/b", "a\0b", "a b", "x\n"] {
+            assert!(bad.parse::<Target>().is_err(), "{bad:?} accepted");
+        }
+        assert_eq!("a".repeat(254).parse::<Target>(), Err(TargetError::TooLong));
+        assert!("a".repeat(253).parse::<Target>().is_ok());
+    }
+
+    #[test]
+    fn multicast_broadcast_unspecified_are_refused() {
+        for bad in [
+            "224.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "ff02::1",
+            "::",
+            "[ff02::1]",
+        ] {
+            assert!(
+                matches!(bad.parse::<Target>(), Err(TargetError::ForbiddenAddress(_))),
+                "{bad} accepted"
+            );
+        }
+        for good in ["127.0.0.1", "::1", "example.com", "192.0.2.7"] {
+            assert!(good.parse::<Target>().is_ok(), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn watch_accepts_strings_and_objects_and_reports_rejects() {
+        let p = WatchList::parse(
+            br#"{"targets": ["example.com", "192.0.2.7", {"host": "debian.org", "x": 1}, "a/b", "example.com"], "version": "v1"}"#,
+        )
+        .unwrap();
+        let names: Vec<_> = p.targets.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names, ["example.com", "192.0.2.7", "debian.org"]);
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.version.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn empty_watch_means_no_targets_and_garbage_is_an_error() {
+        assert!(WatchList::parse(b"").unwrap().targets.is_empty());
+        assert!(WatchList::parse(b"{not json").is_err());
+        assert!(WatchList::parse(br#"{"targets": 3}"#).is_err());
+        let big = vec![b' '; MAX_WATCH_BYTES + 1];
+        assert!(matches!(
+            WatchList::parse(&big),
+            Err(WatchError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn rtt_stats() {
+        assert_eq!(RttStats::from_rtts(&[None, None]), None);
+        let s = RttStats::from_rtts(&[Some(1.0), None, Some(3.0)]).unwrap();
+        assert_eq!((s.min, s.avg, s.max, s.stddev), (1.0, 2.0, 3.0, 1.0));
+    }
+
+    #[test]
+    fn result_round_trips_and_rip_is_lowercase() {
+        let r = PingResult {
+            agent: "a".into(),
+            labels: BTreeMap::new(),
+            target: "t".into(),
+            addr: None,
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            interval: 60.0,
+            sent: 0,
+            received: 0,
+            rtt: None,
+            rtts: vec![],
+            error: Some("resolve failed".into()),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<PingResult>(&json).unwrap(), r);
+        let rip = serde_json::to_string(&Rip {
+            agent: "a".into(),
+            reason: RipReason::Lost,
+        })
+        .unwrap();
+        assert_eq!(rip, r#"{"agent":"a","reason":"lost"}"#);
+    }
+}
