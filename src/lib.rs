@@ -3,5 +3,9 @@
 //! Agents ping targets (ICMP) and publish results over MQTT; indexers
 //! collect them from every broker and store them in Elasticsearch.
 
+pub mod agent;
 pub mod config;
+pub mod daemon;
+pub mod mqtt;
+pub mod ping;
 pub mod protocol;
