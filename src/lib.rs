@@ -5,3 +5,4 @@
 
 pub mod config;
 pub mod protocol;
+pub mod spool;
