@@ -4,5 +4,6 @@
 //! collect them from every broker and store them in Elasticsearch.
 
 pub mod config;
+pub mod file_output;
 pub mod protocol;
 pub mod spool;

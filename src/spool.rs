@@ -379,14 +379,12 @@ impl Spool {
         // consumed segments behind, which open() removes, never a head that
         // falls back to an older position.
         write_head(&self.dir, upto)?;
-        while self.segments.front().is_some_and(|s| s.seq < upto.seg) {
-            if let Some(seg) = self.segments.front().copied() {
-                if let Err(e) = remove_if_exists(&segment_path(&self.dir, seg.seq)) {
-                    // Kept on disk, and open() will remove it as consumed.
-                    warn!(error = %e, "cannot delete consumed spool segment");
-                }
-                self.segments.pop_front();
+        while let Some(seg) = self.segments.front().filter(|s| s.seq < upto.seg) {
+            if let Err(e) = remove_if_exists(&segment_path(&self.dir, seg.seq)) {
+                // Left on disk, and open() removes it as consumed.
+                warn!(error = %e, "cannot delete consumed spool segment");
             }
+            self.segments.pop_front();
         }
         self.head = upto;
         self.collect_consumed();
