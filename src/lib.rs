@@ -8,4 +8,6 @@ pub mod config;
 pub mod daemon;
 pub mod mqtt;
 pub mod ping;
+pub mod file_output;
 pub mod protocol;
+pub mod spool;
