@@ -561,7 +561,7 @@ impl crate::daemon::Service for Agent {
         )
     }
 
-    fn reload(&mut self, new: AgentSettings) -> Vec<&'static str> {
+    async fn reload(&mut self, new: AgentSettings) -> Vec<&'static str> {
         Agent::reload(self, new)
     }
 

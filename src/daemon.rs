@@ -443,7 +443,7 @@ pub trait Service: Sized + Send {
     /// One human line for `STATUS=`.
     fn status(&self) -> String;
     /// Applies new settings; returns the names of what changed.
-    fn reload(&mut self, new: Self::Settings) -> Vec<&'static str>;
+    fn reload(&mut self, new: Self::Settings) -> impl std::future::Future<Output = Vec<&'static str>> + Send;
     /// Bumped by tasks that prove progress.
     fn heartbeat(&self) -> Arc<AtomicU64>;
     /// Stops and drains in bounded time.
@@ -594,7 +594,7 @@ pub async fn serve<S: Service>(
                     match load() {
                         Ok(new) => {
                             log.set_level(&new.log().level);
-                            let changed = service.reload(new);
+                            let changed = service.reload(new).await;
                             reload_error = None;
                             tracing::info!(changed = ?changed, "configuration reloaded");
                         }
