@@ -5,3 +5,5 @@
 
 pub mod config;
 pub mod protocol;
+pub mod document;
+pub mod elasticsearch;
