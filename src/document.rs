@@ -171,12 +171,7 @@ pub fn result_document(r: &PingResult) -> Result<Value, DocumentError> {
         insert_opt(&mut rtt, "stddev_ms", finite(s.stddev));
         ping.insert("rtt".into(), Value::Object(rtt));
     }
-    let rtts: Vec<Value> = r
-        .rtts
-        .iter()
-        .flatten()
-        .filter_map(|&x| finite(x))
-        .collect();
+    let rtts: Vec<Value> = r.rtts.iter().flatten().filter_map(|&x| finite(x)).collect();
     ping.insert("rtts_ms".into(), Value::Array(rtts));
 
     let labels: Map<String, Value> = r
@@ -377,7 +372,12 @@ mod tests {
 
     #[test]
     fn bad_timestamps_and_intervals_are_errors_not_panics() {
-        for ts in ["", "yesterday", "2026-11-25 12:00:00", "2026-11-25T12:00:00+02:00"] {
+        for ts in [
+            "",
+            "yesterday",
+            "2026-11-25 12:00:00",
+            "2026-11-25T12:00:00+02:00",
+        ] {
             let mut r = sample();
             r.timestamp = ts.into();
             assert!(matches!(

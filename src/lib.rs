@@ -4,6 +4,6 @@
 //! collect them from every broker and store them in Elasticsearch.
 
 pub mod config;
-pub mod protocol;
 pub mod document;
 pub mod elasticsearch;
+pub mod protocol;
