@@ -6,8 +6,11 @@
 pub mod agent;
 pub mod config;
 pub mod daemon;
+pub mod document;
+pub mod elasticsearch;
+pub mod file_output;
+pub mod indexer;
 pub mod mqtt;
 pub mod ping;
-pub mod file_output;
 pub mod protocol;
 pub mod spool;
