@@ -443,7 +443,10 @@ pub trait Service: Sized + Send {
     /// One human line for `STATUS=`.
     fn status(&self) -> String;
     /// Applies new settings; returns the names of what changed.
-    fn reload(&mut self, new: Self::Settings) -> impl std::future::Future<Output = Vec<&'static str>> + Send;
+    fn reload(
+        &mut self,
+        new: Self::Settings,
+    ) -> impl std::future::Future<Output = Vec<&'static str>> + Send;
     /// Bumped by tasks that prove progress.
     fn heartbeat(&self) -> Arc<AtomicU64>;
     /// Stops and drains in bounded time.

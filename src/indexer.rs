@@ -103,13 +103,17 @@ pub struct AgentSeen {
 impl AgentSeen {
     /// Alive: a result within three intervals, and no notice since.
     pub fn alive(&self, now: SystemTime) -> bool {
-        let Some(last) = self.last_result else { return false };
+        let Some(last) = self.last_result else {
+            return false;
+        };
         if let Some((_, rip)) = self.last_rip {
             if rip >= last {
                 return false;
             }
         }
-        now.duration_since(last).map(|d| d.as_secs_f64() <= 3.0 * self.interval.max(1.0)).unwrap_or(true)
+        now.duration_since(last)
+            .map(|d| d.as_secs_f64() <= 3.0 * self.interval.max(1.0))
+            .unwrap_or(true)
     }
 }
 
@@ -135,7 +139,15 @@ impl Intake {
         let now = SystemTime::now();
         let doc = if p.payload.len() > protocol::MAX_RESULT_BYTES {
             self.stats.oversized.fetch_add(1, Ordering::Relaxed);
-            self.reject(broker, &p.topic, &format!("{} bytes, over the {}-byte limit", p.payload.len(), protocol::MAX_RESULT_BYTES));
+            self.reject(
+                broker,
+                &p.topic,
+                &format!(
+                    "{} bytes, over the {}-byte limit",
+                    p.payload.len(),
+                    protocol::MAX_RESULT_BYTES
+                ),
+            );
             None
         } else if let Some(target) = p.topic.strip_prefix(protocol::PING_PREFIX) {
             match serde_json::from_slice::<PingResult>(&p.payload) {
@@ -208,7 +220,8 @@ impl Intake {
 
     fn reject(&self, broker: &Broker, topic: &str, why: &str) {
         if let Some(suppressed) = self.bad_log.hit() {
-            let total = self.stats.malformed.load(Ordering::Relaxed) + self.stats.oversized.load(Ordering::Relaxed);
+            let total = self.stats.malformed.load(Ordering::Relaxed)
+                + self.stats.oversized.load(Ordering::Relaxed);
             tracing::warn!(broker = %broker, topic = %topic.escape_debug(), reason = %why, total_bad = total, suppressed, "message skipped");
         }
         if !why.contains("limit") {
@@ -266,7 +279,12 @@ async fn broker_session(
             SubscribeFilter::new("rip/#".to_owned(), QoS::AtLeastOnce),
         ]);
         let current = watch_rx.borrow_and_update().clone();
-        let published = client.try_publish(protocol::WATCH_TOPIC, QoS::AtLeastOnce, true, current.to_vec());
+        let published = client.try_publish(
+            protocol::WATCH_TOPIC,
+            QoS::AtLeastOnce,
+            true,
+            current.to_vec(),
+        );
         if let Err(e) = subscribed.and(published) {
             tracing::warn!(broker = %broker, error = %e, "cannot subscribe or publish");
         }
@@ -310,7 +328,10 @@ async fn broker_session(
                 // Let the poller write DISCONNECT (bounded), then stop it.
                 let _ = tokio::time::timeout(Duration::from_millis(500), async {
                     while let Some(ev) = events.recv().await {
-                        if matches!(ev, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) {
+                        if matches!(
+                            ev,
+                            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+                        ) {
                             break;
                         }
                     }
@@ -371,7 +392,9 @@ impl Writer {
                     return;
                 }
                 if let Ok(st) = spool.stats().await {
-                    self.stats.spool_pending.store(st.pending, Ordering::Relaxed);
+                    self.stats
+                        .spool_pending
+                        .store(st.pending, Ordering::Relaxed);
                 }
             }
             if let Some(file) = &mut self.file {
@@ -383,6 +406,9 @@ impl Writer {
                 self.stats.written.fetch_add(n, Ordering::Relaxed);
             }
         }
+        let total = self.stats.received.load(Ordering::Relaxed)
+            - self.stats.duplicates.load(Ordering::Relaxed);
+        tracing::debug!(batch = lines.len(), total, "documents written");
         for (client, publish) in acks {
             if let Err(e) = client.ack(&publish).await {
                 tracing::debug!(error = %e, "cannot acknowledge (session gone; the broker will redeliver)");
@@ -448,11 +474,18 @@ async fn run_es(
         match info {
             Ok(info) => {
                 tracing::info!(url = %settings.url, server = ?info, "elasticsearch ready");
-                state.send_replace(EsState::Ready(format!("{:?} {}", info.distribution, info.version)));
+                state.send_replace(EsState::Ready(format!(
+                    "{:?} {}",
+                    info.distribution, info.version
+                )));
                 backoff.reset();
             }
             Err(e) => {
-                let delay = if e.is_retryable() { backoff.next_delay() } else { Duration::from_secs(60) };
+                let delay = if e.is_retryable() {
+                    backoff.next_delay()
+                } else {
+                    Duration::from_secs(60)
+                };
                 tracing::error!(url = %settings.url, error = %e, retry_ms = delay.as_millis() as u64, "elasticsearch not usable");
                 state.send_replace(EsState::Failing(e.to_string()));
                 tokio::select! {
@@ -493,7 +526,9 @@ async fn run_es(
                     return;
                 }
             };
-            let Some((last, _)) = records.last() else { continue };
+            let Some((last, _)) = records.last() else {
+                continue;
+            };
             let last = *last;
             let docs: Vec<BulkDoc> = records
                 .iter()
@@ -505,8 +540,12 @@ async fn run_es(
                 .collect();
             match client.deliver(docs, &mut dead, &stop).await {
                 Ok(report) => {
-                    stats.indexed.fetch_add(report.indexed as u64, Ordering::Relaxed);
-                    stats.already_stored.fetch_add(report.duplicates as u64, Ordering::Relaxed);
+                    stats
+                        .indexed
+                        .fetch_add(report.indexed as u64, Ordering::Relaxed);
+                    stats
+                        .already_stored
+                        .fetch_add(report.duplicates as u64, Ordering::Relaxed);
                     stats.dead.fetch_add(report.dead as u64, Ordering::Relaxed);
                     if let Err(e) = spool.commit(last).await {
                         tracing::error!(error = %e, "cannot commit the spool");
@@ -538,7 +577,11 @@ pub struct IndexerView {
 impl IndexerView {
     /// What the indexer knows of each agent.
     pub fn agents(&self) -> BTreeMap<String, AgentSeen> {
-        self.intake.agents.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.intake
+            .agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -554,7 +597,11 @@ pub struct Indexer {
     sessions: HashMap<Broker, Session>,
     session_tasks: TaskTracker,
     writer: Option<tokio::task::JoinHandle<()>>,
-    es_task: Option<(tokio::task::JoinHandle<()>, CancellationToken, CancellationToken)>,
+    es_task: Option<(
+        tokio::task::JoinHandle<()>,
+        CancellationToken,
+        CancellationToken,
+    )>,
     es_state: watch::Sender<EsState>,
     spool: Option<SharedSpool>,
     pub view: IndexerView,
@@ -571,7 +618,9 @@ impl Indexer {
             Some(_) => Some(
                 SharedSpool::open(settings.state_dir.join("spool"), settings.spool_max_bytes)
                     .await
-                    .with_context(|| format!("cannot open the spool in {}", settings.state_dir.display()))?,
+                    .with_context(|| {
+                        format!("cannot open the spool in {}", settings.state_dir.display())
+                    })?,
             ),
             None => None,
         };
@@ -580,7 +629,9 @@ impl Indexer {
             None => None,
         };
         if spool.is_none() && file.is_none() {
-            tracing::warn!("no output configured (elasticsearch or file): results are received and dropped");
+            tracing::warn!(
+                "no output configured (elasticsearch or file): results are received and dropped"
+            );
         }
         let (tx, rx) = mpsc::channel(WRITE_BATCH * 4);
         let writer = tokio::spawn(run_writer(
@@ -648,12 +699,17 @@ impl Indexer {
 
     fn start_es(&mut self) -> anyhow::Result<()> {
         use anyhow::Context;
-        let (Some(es), Some(spool)) = (self.settings.elasticsearch.clone(), self.spool.clone()) else {
+        let (Some(es), Some(spool)) = (self.settings.elasticsearch.clone(), self.spool.clone())
+        else {
             self.es_state.send_replace(EsState::Disabled);
             return Ok(());
         };
-        let dead = DeadLetter::in_state_dir(&self.settings.state_dir)
-            .with_context(|| format!("cannot open the dead-letter file in {}", self.settings.state_dir.display()))?;
+        let dead = DeadLetter::in_state_dir(&self.settings.state_dir).with_context(|| {
+            format!(
+                "cannot open the dead-letter file in {}",
+                self.settings.state_dir.display()
+            )
+        })?;
         let drain = CancellationToken::new();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_es(
@@ -676,7 +732,8 @@ impl Indexer {
         let old = &self.settings;
         let mut changed = Vec::new();
         if new.targets != old.targets {
-            self.watch_tx.send_replace(Arc::new(watch_payload(&new.targets)));
+            self.watch_tx
+                .send_replace(Arc::new(watch_payload(&new.targets)));
             changed.push("targets");
         }
         // A new name or keepalive changes every session.
@@ -725,8 +782,13 @@ impl Indexer {
             }
         }
         let old = &self.settings;
-        if new.file_output != old.file_output || new.state_dir != old.state_dir || new.spool_max_bytes != old.spool_max_bytes {
-            tracing::warn!("changes to file, state_dir or spool_max_bytes take effect at the next restart");
+        if new.file_output != old.file_output
+            || new.state_dir != old.state_dir
+            || new.spool_max_bytes != old.spool_max_bytes
+        {
+            tracing::warn!(
+                "changes to file, state_dir or spool_max_bytes take effect at the next restart"
+            );
             new.file_output = old.file_output.clone();
             new.state_dir = old.state_dir.clone();
             new.spool_max_bytes = old.spool_max_bytes;
@@ -749,14 +811,23 @@ impl Indexer {
         self.session_tasks.wait().await;
         // Sessions hold the intake; dropping ours closes the writer's queue.
         drop(self.view);
-        let Indexer { intake, writer, es_task, spool, .. } = self;
+        let Indexer {
+            intake,
+            writer,
+            es_task,
+            spool,
+            ..
+        } = self;
         drop(intake);
         if let Some(w) = writer {
             let _ = w.await;
         }
         if let Some((mut task, drain, stop)) = es_task {
             drain.cancel();
-            if tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await.is_err() {
+            if tokio::time::timeout(DRAIN_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
                 stop.cancel();
                 let _ = task.await;
             }
@@ -764,7 +835,10 @@ impl Indexer {
         if let Some(spool) = spool {
             if let Ok(s) = spool.stats().await {
                 if s.pending > 0 {
-                    tracing::warn!(pending = s.pending, "results kept in the spool for the next start");
+                    tracing::warn!(
+                        pending = s.pending,
+                        "results kept in the spool for the next start"
+                    );
                 }
             }
         }
@@ -829,7 +903,9 @@ impl crate::daemon::Service for Indexer {
 
     async fn start(settings: IndexerSettings) -> Result<Self, crate::daemon::StartError> {
         if crate::daemon::is_root() {
-            tracing::warn!("running as root: the indexer needs no privilege; run it as an unprivileged user");
+            tracing::warn!(
+                "running as root: the indexer needs no privilege; run it as an unprivileged user"
+            );
         }
         Ok(Indexer::start(settings).await?)
     }

@@ -26,6 +26,8 @@ pub struct Collector {
     rx: mpsc::UnboundedReceiver<Received>,
     /// Every message received so far, matching or not, in arrival order.
     pub history: Vec<Received>,
+    /// Received but not yet returned by `next_matching` / `drain_for`.
+    unread: std::collections::VecDeque<Received>,
     clients: Vec<AsyncClient>,
 }
 
@@ -79,22 +81,28 @@ impl Collector {
         Collector {
             rx,
             history: Vec::new(),
+            unread: Default::default(),
             clients,
         }
     }
 
-    /// The next message matching `pred`, within `within`.
+    /// The next message matching `pred`, within `within`; messages that do
+    /// not match stay unread for later calls.
     pub async fn next_matching(
         &mut self,
         within: Duration,
         mut pred: impl FnMut(&Received) -> bool,
     ) -> Option<Received> {
+        if let Some(i) = self.unread.iter().position(&mut pred) {
+            return self.unread.remove(i);
+        }
         tokio::time::timeout(within, async {
             while let Some(m) = self.rx.recv().await {
                 self.history.push(m.clone());
                 if pred(&m) {
                     return Some(m);
                 }
+                self.unread.push_back(m);
             }
             None
         })
@@ -103,9 +111,10 @@ impl Collector {
         .flatten()
     }
 
-    /// Everything received within `within` (the full window elapses).
+    /// Everything unread plus what arrives within `within` (the full window
+    /// elapses).
     pub async fn drain_for(&mut self, within: Duration) -> Vec<Received> {
-        let mut out = Vec::new();
+        let mut out: Vec<Received> = self.unread.drain(..).collect();
         let _ = tokio::time::timeout(within, async {
             while let Some(m) = self.rx.recv().await {
                 self.history.push(m.clone());
