@@ -598,6 +598,8 @@ impl EsClient {
             .user_agent(concat!("swarming/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            // Loading the system's roots is only needed for https://.
+            .tls_built_in_root_certs(settings.url.starts_with("https://"))
             .build()
             .map_err(|e| EsError::Config(format!("HTTP client: {}", error_chain(&e))))?;
         Ok(EsClient {
