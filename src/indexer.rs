@@ -294,6 +294,9 @@ async fn broker_session(
                     intake.heartbeat.fetch_add(1, Ordering::Relaxed);
                     match ev {
                         Some(Ok(Event::Incoming(Packet::Publish(p)))) => intake.accept(&client, p, &broker).await,
+                        Some(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                            tracing::info!(broker = %broker, "subscribed to ping/+ and rip/#");
+                        }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => break Some(e.to_string()),
                         None => break Some("event loop ended".to_owned()),

@@ -71,10 +71,8 @@ async fn watch_is_retained_on_every_broker_and_updated_on_reload() {
         "",
     );
     let mut idx = start(&cfg);
-    idx.wait_log(&["connected to broker", &a.addr()], 10 * SEC)
-        .await;
-    idx.wait_log(&["connected to broker", &b.addr()], 10 * SEC)
-        .await;
+    idx.wait_log(&["subscribed", &a.addr()], 10 * SEC).await;
+    idx.wait_log(&["subscribed", &b.addr()], 10 * SEC).await;
 
     // A late subscriber gets the retained list from each broker.
     let mut sub = Collector::new(&[a.port, b.port], &["watch"]).await;
@@ -128,10 +126,8 @@ async fn a_result_published_on_two_brokers_is_written_once() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[a.addr(), b.addr()], &[], "");
     let mut idx = start(&cfg);
-    idx.wait_log(&["connected to broker", &a.addr()], 10 * SEC)
-        .await;
-    idx.wait_log(&["connected to broker", &b.addr()], 10 * SEC)
-        .await;
+    idx.wait_log(&["subscribed", &a.addr()], 10 * SEC).await;
+    idx.wait_log(&["subscribed", &b.addr()], 10 * SEC).await;
     let r = result_json("ag1", "127.0.0.1", "2026-11-25T10:00:00.000Z");
     publish(a.port, "ping/127.0.0.1", &r, false).await;
     wait_written(&mut idx, 1).await;
@@ -156,7 +152,7 @@ async fn garbage_is_counted_and_skipped_without_flapping() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[a.addr()], &[], "");
     let mut idx = start(&cfg);
-    idx.wait_log(&["connected to broker"], 10 * SEC).await;
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
     publish(a.port, "ping/x", b"{not json", false).await;
     idx.wait_log(&["message skipped", "ping/x"], 5 * SEC).await;
     publish(a.port, "ping/x", br#"{"agent": 3}"#, false).await;
@@ -210,7 +206,7 @@ async fn results_published_while_the_indexer_is_away_are_delivered_later() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[a.addr()], &[], "");
     let mut idx = start(&cfg);
-    idx.wait_log(&["connected to broker"], 10 * SEC).await;
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
     idx.signal("TERM");
     assert_eq!(idx.wait(15 * SEC).await.code(), Some(0));
     // The persistent session queues QoS 1 messages for the absent indexer.
