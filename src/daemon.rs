@@ -510,6 +510,10 @@ impl Args {
 /// set up logging, start, serve signals, map errors to exit codes.
 pub fn main<S: Service>() -> std::process::ExitCode {
     use clap::Parser;
+    // One crypto provider for every TLS user (reqwest now, MQTT over TLS
+    // later): with two in the build, rustls panics at first use unless the
+    // process has chosen one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let ident = S::Settings::IDENT;
     let settings: S::Settings = match args.load() {
