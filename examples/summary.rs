@@ -22,7 +22,10 @@ struct Row {
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_else(|| "results.ndjson".into());
-    let limit = args.next().and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
+    let limit = args
+        .next()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs);
     let started = Instant::now();
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
     let mut events: Vec<String> = Vec::new();
@@ -55,10 +58,18 @@ fn main() -> std::io::Result<()> {
     }
 }
 
-fn take(d: &serde_json::Value, rows: &mut BTreeMap<(String, String), Row>, events: &mut Vec<String>) {
+fn take(
+    d: &serde_json::Value,
+    rows: &mut BTreeMap<(String, String), Row>,
+    events: &mut Vec<String>,
+) {
     let agent = d["observer"]["name"].as_str().unwrap_or("?").to_owned();
     if d["event"]["dataset"] == "swarming.agent" {
-        events.push(format!("{} agent {agent}: {}", d["@timestamp"].as_str().unwrap_or(""), d["event"]["action"].as_str().unwrap_or("?")));
+        events.push(format!(
+            "{} agent {agent}: {}",
+            d["@timestamp"].as_str().unwrap_or(""),
+            d["event"]["action"].as_str().unwrap_or("?")
+        ));
         return;
     }
     let target = d["monitor"]["name"].as_str().unwrap_or("?").to_owned();
@@ -77,12 +88,30 @@ fn take(d: &serde_json::Value, rows: &mut BTreeMap<(String, String), Row>, event
 }
 
 fn print(rows: &BTreeMap<(String, String), Row>, events: &[String], elapsed: Duration) {
-    println!("\n--- swarm summary after {}s: {} agent x target pairs ---", elapsed.as_secs(), rows.len());
-    println!("{:<14} {:<12} {:>7} {:>6} {:>7} {:>9}  last round", "agent", "target", "rounds", "down", "loss%", "avg rtt");
+    println!(
+        "\n--- swarm summary after {}s: {} agent x target pairs ---",
+        elapsed.as_secs(),
+        rows.len()
+    );
+    println!(
+        "{:<14} {:<12} {:>7} {:>6} {:>7} {:>9}  last round",
+        "agent", "target", "rounds", "down", "loss%", "avg rtt"
+    );
     for ((agent, target), r) in rows {
-        let loss = if r.sent > 0 { 100.0 * (r.sent - r.received) as f64 / r.sent as f64 } else { 100.0 };
-        let rtt = if r.rtt_n > 0 { format!("{:.3}ms", r.rtt_sum_ms / r.rtt_n as f64) } else { "-".into() };
-        println!("{agent:<14} {target:<12} {:>7} {:>6} {loss:>7.1} {rtt:>9}  {}", r.rounds, r.down, r.last);
+        let loss = if r.sent > 0 {
+            100.0 * (r.sent - r.received) as f64 / r.sent as f64
+        } else {
+            100.0
+        };
+        let rtt = if r.rtt_n > 0 {
+            format!("{:.3}ms", r.rtt_sum_ms / r.rtt_n as f64)
+        } else {
+            "-".into()
+        };
+        println!(
+            "{agent:<14} {target:<12} {:>7} {:>6} {loss:>7.1} {rtt:>9}  {}",
+            r.rounds, r.down, r.last
+        );
     }
     for e in events.iter().rev().take(5) {
         println!("  {e}");

@@ -282,6 +282,8 @@ pub struct AgentView {
     pub targets: watch::Receiver<usize>,
     /// Bumped by rounds and by the MQTT event loop.
     pub heartbeat: Arc<AtomicU64>,
+    /// Broker connection attempts so far.
+    pub attempts: watch::Receiver<u64>,
 }
 
 /// A running agent: change its settings with [`Agent::reload`], stop it with
@@ -338,6 +340,7 @@ impl Agent {
         });
         let (watch_tx, mut watch_rx) = mpsc::channel::<Vec<u8>>(16);
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
+        let (attempts_tx, attempts_rx) = watch::channel(0u64);
         let (targets_tx, targets_rx) = watch::channel(0usize);
         let drain = CancellationToken::new();
         let link = tokio::spawn(mqtt::run_agent_link(
@@ -347,6 +350,7 @@ impl Agent {
                 watch_tx,
                 state_tx,
                 heartbeat: heartbeat.clone(),
+                attempts: attempts_tx,
             },
             drain.clone(),
         ));
@@ -395,6 +399,7 @@ impl Agent {
             link: state_rx,
             targets: targets_rx,
             heartbeat,
+            attempts: attempts_rx,
         };
         Ok(Agent {
             settings,
@@ -532,8 +537,19 @@ impl crate::daemon::Service for Agent {
         if !crate::daemon::has_net_raw() {
             return Err(StartError::NoPermission(crate::daemon::NET_RAW_HELP.into()));
         }
+        let keepalive = settings.keepalive;
         match Agent::start(settings) {
-            Ok(a) => Ok(a),
+            Ok(a) => {
+                // Ready once the first broker was tried (not necessarily
+                // reached): a missing broker must not hold the boot.
+                let mut attempts = a.view.attempts.clone();
+                let _ = tokio::time::timeout(
+                    keepalive + Duration::from_secs(2),
+                    attempts.wait_for(|n| *n >= 1),
+                )
+                .await;
+                Ok(a)
+            }
             Err(crate::ping::PingError::Permission(e)) => Err(StartError::NoPermission(format!(
                 "{e}: {}",
                 crate::daemon::NET_RAW_HELP

@@ -131,6 +131,8 @@ struct Intake {
     agents: Mutex<BTreeMap<String, AgentSeen>>,
     bad_log: Throttled,
     heartbeat: Arc<AtomicU64>,
+    /// Sessions that made their first connection attempt.
+    tried: watch::Sender<usize>,
 }
 
 impl Intake {
@@ -252,6 +254,7 @@ async fn broker_session(
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut first_attempt = true;
     loop {
         let mut opts = mqtt::options(client_id.clone(), &broker, keepalive, false);
         opts.set_manual_acks(true);
@@ -260,6 +263,10 @@ async fn broker_session(
             r = mqtt::connect(&mut el, keepalive) => r,
             _ = cancel.cancelled() => return,
         };
+        if first_attempt {
+            first_attempt = false;
+            intake.tried.send_modify(|n| *n += 1);
+        }
         if let Err(reason) = connected {
             let delay = backoff.next_delay();
             tracing::warn!(broker = %broker, %reason, retry_ms = delay.as_millis() as u64, "cannot connect to broker");
@@ -653,6 +660,7 @@ impl Indexer {
             agents: Mutex::new(BTreeMap::new()),
             bad_log: Throttled::new(Duration::from_secs(10)),
             heartbeat: heartbeat.clone(),
+            tried: watch::channel(0).0,
         });
         let (watch_tx, _) = watch::channel(Arc::new(watch_payload(&settings.targets)));
         let (es_state, es_rx) = watch::channel(EsState::Disabled);
@@ -679,6 +687,15 @@ impl Indexer {
         for b in indexer.settings.brokers.clone() {
             indexer.open_session(b);
         }
+        // Ready once every broker was tried (not necessarily reached);
+        // Elasticsearch is never waited for.
+        let mut tried = indexer.intake.tried.subscribe();
+        let n = indexer.settings.brokers.len();
+        let _ = tokio::time::timeout(
+            indexer.settings.keepalive + Duration::from_secs(2),
+            tried.wait_for(|t| *t >= n),
+        )
+        .await;
         tracing::info!(
             brokers = indexer.settings.brokers.len(),
             targets = indexer.settings.targets.len(),
@@ -927,5 +944,62 @@ impl crate::daemon::Service for Indexer {
 
     async fn shutdown(self) {
         Indexer::shutdown(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_means_a_recent_result_and_no_notice_since() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut a = AgentSeen {
+            last_result: Some(t0),
+            interval: 60.0,
+            last_rip: None,
+        };
+        assert!(a.alive(t0 + Duration::from_secs(170)));
+        assert!(
+            !a.alive(t0 + Duration::from_secs(190)),
+            "silent for three intervals"
+        );
+        a.last_rip = Some((RipReason::Shutdown, t0 + Duration::from_secs(1)));
+        assert!(!a.alive(t0 + Duration::from_secs(2)), "stopped");
+        a.last_result = Some(t0 + Duration::from_secs(5));
+        assert!(
+            a.alive(t0 + Duration::from_secs(6)),
+            "back after the notice"
+        );
+        let never = AgentSeen {
+            last_result: None,
+            interval: 60.0,
+            last_rip: None,
+        };
+        assert!(!never.alive(t0));
+    }
+
+    #[test]
+    fn throttled_logs_once_per_period_and_counts_the_rest() {
+        let t = Throttled::new(Duration::from_secs(3600));
+        assert_eq!(t.hit(), Some(0));
+        assert_eq!(t.hit(), None);
+        assert_eq!(t.hit(), None);
+        let t = Throttled::new(Duration::ZERO);
+        assert_eq!(t.hit(), Some(0));
+        assert_eq!(t.hit(), Some(0));
+    }
+
+    #[test]
+    fn watch_payload_version_follows_the_list() {
+        let a: Vec<Target> = vec!["a".parse().unwrap(), "b".parse().unwrap()];
+        let b: Vec<Target> = vec!["a".parse().unwrap()];
+        let pa: serde_json::Value = serde_json::from_slice(&watch_payload(&a)).unwrap();
+        let pb: serde_json::Value = serde_json::from_slice(&watch_payload(&b)).unwrap();
+        assert_eq!(pa["targets"], serde_json::json!(["a", "b"]));
+        assert_ne!(pa["version"], pb["version"]);
+        assert_eq!(watch_payload(&a), watch_payload(&a));
+        let parsed = WatchList::parse(&watch_payload(&a)).unwrap();
+        assert_eq!(parsed.targets, a);
     }
 }

@@ -202,6 +202,9 @@ pub struct LinkHandles {
     pub state_tx: watch::Sender<LinkState>,
     /// Proof of progress for the watchdog: bumped on every event-loop turn.
     pub heartbeat: Arc<AtomicU64>,
+    /// Connection attempts made (successful or not): readiness waits for
+    /// the first.
+    pub attempts: watch::Sender<u64>,
 }
 
 enum SessionEnd {
@@ -371,7 +374,9 @@ async fn agent_session(
     );
     opts.set_last_will(will(&cfg.name));
     let (client, mut el) = client(opts, cfg.keepalive);
-    if let Err(reason) = connect(&mut el, cfg.keepalive).await {
+    let connected = connect(&mut el, cfg.keepalive).await;
+    h.attempts.send_modify(|n| *n += 1);
+    if let Err(reason) = connected {
         tracing::warn!(broker = %broker, %reason, "cannot connect to broker");
         return SessionEnd::ConnectFailed;
     }

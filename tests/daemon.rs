@@ -28,7 +28,11 @@ impl Notify {
     fn bind(dir: &Path) -> Notify {
         let path = dir.join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
-        Notify { sock, path, seen: Vec::new() }
+        Notify {
+            sock,
+            path,
+            seen: Vec::new(),
+        }
     }
 
     fn env(&self) -> (&'static str, &str) {
@@ -43,7 +47,10 @@ impl Notify {
                 let n = self.sock.recv(&mut buf).await.unwrap();
                 let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
                 self.seen.push(msg.clone());
-                if needles.iter().all(|x| msg.lines().any(|l| l.starts_with(x))) {
+                if needles
+                    .iter()
+                    .all(|x| msg.lines().any(|l| l.starts_with(x)))
+                {
                     return msg;
                 }
             }
@@ -83,7 +90,10 @@ async fn agent_notifies_reloads_and_stops_like_a_service() {
     // Pinged by a task that proves progress, at half the period.
     notify.expect(&["WATCHDOG=1"], 3 * SEC).await;
     notify.expect(&["WATCHDOG=1"], 3 * SEC).await;
-    let r = sub.next_matching(10 * SEC, |m| m.port == a.port).await.expect("result");
+    let r = sub
+        .next_matching(10 * SEC, |m| m.port == a.port)
+        .await
+        .expect("result");
     assert_eq!(r.json()["labels"]["provider"], "first");
 
     // A good reload: labels change at once, brokers change means reconnect.
@@ -92,28 +102,48 @@ async fn agent_notifies_reloads_and_stops_like_a_service() {
     let reloading = notify.expect(&["RELOADING=1"], 5 * SEC).await;
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
     notify.expect(&["READY=1"], 5 * SEC).await;
-    agent.wait_log(&["configuration reloaded", "brokers", "labels"], 5 * SEC).await;
-    agent.wait_log(&["connected to broker", &b.addr()], 10 * SEC).await;
+    agent
+        .wait_log(&["configuration reloaded", "brokers", "labels"], 5 * SEC)
+        .await;
+    agent
+        .wait_log(&["connected to broker", &b.addr()], 10 * SEC)
+        .await;
     let r = sub
-        .next_matching(10 * SEC, |m| m.port == b.port && m.json()["labels"]["provider"] == "second")
+        .next_matching(10 * SEC, |m| {
+            m.port == b.port && m.json()["labels"]["provider"] == "second"
+        })
         .await
         .expect("result with the new labels through the new broker");
     assert_eq!(r.json()["agent"], "probe-d");
 
     // A bad reload: still running on the old configuration, error visible.
-    std::fs::write(&cfg, agent_yaml(&[b.addr()], "third", "ping: {interval: often}\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        agent_yaml(&[b.addr()], "third", "ping: {interval: often}\n"),
+    )
+    .unwrap();
     agent.signal("HUP");
     notify.expect(&["RELOADING=1"], 5 * SEC).await;
     let after = notify.expect(&["READY=1"], 5 * SEC).await;
     assert!(after.contains("STATUS=reload failed:"), "{after}");
-    assert!(after.contains(cfg.to_str().unwrap()), "status names the file: {after}");
+    assert!(
+        after.contains(cfg.to_str().unwrap()),
+        "status names the file: {after}"
+    );
     let err = agent.wait_log(&["reload failed"], 5 * SEC).await;
     assert!(err.contains("ping"), "{err}");
     // The status keeps saying so until a good reload.
     notify.expect(&["STATUS=reload failed:"], 10 * SEC).await;
     let later = sub.drain_for(2 * SEC).await;
-    let last = later.iter().rfind(|m| m.port == b.port).expect("still pinging");
-    assert_eq!(last.json()["labels"]["provider"], "second", "old settings kept");
+    let last = later
+        .iter()
+        .rfind(|m| m.port == b.port)
+        .expect("still pinging");
+    assert_eq!(
+        last.json()["labels"]["provider"],
+        "second",
+        "old settings kept"
+    );
 
     agent.signal("TERM");
     notify.expect(&["STOPPING=1"], 5 * SEC).await;
@@ -143,9 +173,14 @@ async fn indexer_notifies_reloads_and_stops_like_a_service() {
 
     std::fs::write(&cfg, yaml("127.0.0.1, bogus/target")).unwrap();
     idx.signal("HUP");
-    notify.expect(&["RELOADING=1", "MONOTONIC_USEC="], 5 * SEC).await;
+    notify
+        .expect(&["RELOADING=1", "MONOTONIC_USEC="], 5 * SEC)
+        .await;
     let after = notify.expect(&["READY=1"], 5 * SEC).await;
-    assert!(after.contains("reload failed:") && after.contains("targets[1]"), "{after}");
+    assert!(
+        after.contains("reload failed:") && after.contains("targets[1]"),
+        "{after}"
+    );
 
     std::fs::write(&cfg, yaml("127.0.0.2")).unwrap();
     idx.signal("HUP");
@@ -164,7 +199,10 @@ async fn indexer_notifies_reloads_and_stops_like_a_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_prints_ok_or_the_error() {
     let dir = tempfile::tempdir().unwrap();
-    for (bin, good) in [(AGENT, "etc/swarming/agent.yaml"), (INDEXER, "etc/swarming/indexer.yaml")] {
+    for (bin, good) in [
+        (AGENT, "etc/swarming/agent.yaml"),
+        (INDEXER, "etc/swarming/indexer.yaml"),
+    ] {
         let (status, out) = run(bin, &["--check-config", "-c", good]).await;
         assert_eq!(status.code(), Some(0), "{out}");
         assert_eq!(out.trim(), format!("{good}: ok"));
@@ -172,10 +210,17 @@ async fn check_config_prints_ok_or_the_error() {
         std::fs::write(&bad, "brokers: [a]\nkeepalive: 5\n").unwrap();
         let (status, out) = run(bin, &["--check-config", "-c", bad.to_str().unwrap()]).await;
         assert_eq!(status.code(), Some(78), "{out}");
-        assert!(out.contains(&format!("{}: keepalive:", bad.display())), "{out}");
+        assert!(
+            out.contains(&format!("{}: keepalive:", bad.display())),
+            "{out}"
+        );
     }
     let bad = dir.path().join("bad-es.yaml");
-    std::fs::write(&bad, "elasticsearch: {url: \"http://h:9200\", usrname: x}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "elasticsearch: {url: \"http://h:9200\", usrname: x}\n",
+    )
+    .unwrap();
     let (status, out) = run(INDEXER, &["--check-config", "-c", bad.to_str().unwrap()]).await;
     assert_eq!(status.code(), Some(78));
     assert!(out.contains("elasticsearch.usrname"), "{out}");
@@ -208,10 +253,21 @@ async fn agent_needs_cap_net_raw_and_works_with_it_as_an_ambient_capability() {
 
     // Without the capability: exit 77 and a message that says what to grant.
     let mut args: Vec<&str> = user.to_vec();
-    args.extend(["--inh-caps=-all", "--", bin.to_str().unwrap(), "-c", cfg.to_str().unwrap()]);
+    args.extend([
+        "--inh-caps=-all",
+        "--",
+        bin.to_str().unwrap(),
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
     let (status, out) = run("setpriv", &args).await;
     assert_eq!(status.code(), Some(77), "{out}");
-    assert!(out.contains("CAP_NET_RAW") && out.contains("AmbientCapabilities") && out.contains("setcap"), "{out}");
+    assert!(
+        out.contains("CAP_NET_RAW")
+            && out.contains("AmbientCapabilities")
+            && out.contains("setcap"),
+        "{out}"
+    );
 
     // With CAP_NET_RAW as an ambient capability: it pings.
     let mut sub = Collector::new(&[a.port], &["ping/#"]).await;
@@ -225,10 +281,18 @@ async fn agent_needs_cap_net_raw_and_works_with_it_as_an_ambient_capability() {
         cfg.to_str().unwrap(),
     ]);
     let mut agent = Daemon::spawn("setpriv", &args, &[]);
-    let r = sub.next_matching(15 * SEC, |m| m.topic == "ping/127.0.0.1").await.expect("result as nobody");
+    let r = sub
+        .next_matching(15 * SEC, |m| m.topic == "ping/127.0.0.1")
+        .await
+        .expect("result as nobody");
     assert_eq!(r.json()["received"], 1);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("Uid:") && !l.contains("\t0\t")), "not root: {status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && !l.contains("\t0\t")),
+        "not root: {status}"
+    );
     agent.signal("TERM");
     assert_eq!(agent.wait(10 * SEC).await.code(), Some(0));
 }
