@@ -334,19 +334,7 @@ async fn broker_session(
                 }
             }
             None => {
-                let _ = client.try_disconnect();
-                // Let the poller write DISCONNECT (bounded), then stop it.
-                let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                    while let Some(ev) = events.recv().await {
-                        if matches!(
-                            ev,
-                            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
-                        ) {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                mqtt::disconnect(&client, &mut events, Duration::from_millis(500)).await;
                 poller.abort();
                 tracing::info!(broker = %broker, "disconnected");
                 return;

@@ -330,12 +330,7 @@ pub async fn connect(el: &mut EventLoop, keepalive: Duration) -> Result<(), Stri
 /// Drives `poll()` in its own task: never publish from the task that polls,
 /// and never cancel `poll()` half way (it is not cancel safe). Events arrive
 /// on the returned channel; the first error ends the task.
-pub fn spawn_poller(
-    mut el: EventLoop,
-) -> (
-    mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
-    tokio::task::JoinHandle<()>,
-) {
+pub fn spawn_poller(mut el: EventLoop) -> (Events, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
     let task = tokio::spawn(async move {
         loop {
@@ -348,6 +343,23 @@ pub fn spawn_poller(
     });
     (rx, task)
 }
+
+/// Sends DISCONNECT and lets the poller write it (bounded by `within`), so
+/// the broker does not publish the last will.
+pub async fn disconnect(client: &AsyncClient, events: &mut Events, within: Duration) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(within, async {
+        while let Some(ev) = events.recv().await {
+            if matches!(ev, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Events from [`spawn_poller`].
+pub type Events = mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>;
 
 /// Aborts the poller when a session ends, whichever way it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -447,19 +459,7 @@ async fn agent_session(
             }
         }
         if notice_sent && inflight.is_empty() {
-            let _ = client.try_disconnect();
-            // Let the event loop write DISCONNECT before the socket closes.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Some(ev) = events.recv().await {
-                    if matches!(
-                        ev,
-                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
-                    ) {
-                        break;
-                    }
-                }
-            })
-            .await;
+            disconnect(&client, &mut events, Duration::from_secs(1)).await;
             tracing::info!(broker = %broker, "shutdown notice published, disconnected");
             return SessionEnd::Finished;
         }
