@@ -539,7 +539,7 @@ pub struct RawElasticsearch {
     pub password: Option<String>,
     /// Elasticsearch API key (the base64 `id:key` form).
     pub api_key: Option<String>,
-    /// Destination: a data stream whose name matches `heartbeat-*`.
+    /// Destination data stream; `heartbeat-8*` is what Kibana 8's Uptime app reads by default.
     pub index: String,
     /// Documents per bulk request.
     pub batch_size: usize,
@@ -558,7 +558,7 @@ impl Default for RawElasticsearch {
             username: None,
             password: None,
             api_key: None,
-            index: "heartbeat-swarming".into(),
+            index: "heartbeat-8-swarming".into(),
             batch_size: 1000,
             batch_bytes: 5 * 1024 * 1024,
             flush_interval: Dur(Duration::from_secs(1)),
@@ -908,7 +908,7 @@ mod tests {
         let es = s.elasticsearch.unwrap();
         assert_eq!(es.url, "http://es:9200");
         assert_eq!(es.auth, EsAuth::ApiKey("k".into()));
-        assert_eq!(es.index, "heartbeat-swarming");
+        assert_eq!(es.index, "heartbeat-8-swarming");
         let e = IndexerSettings::from_str(f, "targets: [ok, \"a/b\"]\n")
             .unwrap_err()
             .to_string();

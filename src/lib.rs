@@ -3,5 +3,14 @@
 //! Agents ping targets (ICMP) and publish results over MQTT; indexers
 //! collect them from every broker and store them in Elasticsearch.
 
+pub mod agent;
 pub mod config;
+pub mod daemon;
+pub mod document;
+pub mod elasticsearch;
+pub mod file_output;
+pub mod indexer;
+pub mod mqtt;
+pub mod ping;
 pub mod protocol;
+pub mod spool;

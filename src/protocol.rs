@@ -215,11 +215,13 @@ impl RttStats {
         let n = got.len() as f64;
         let avg = got.iter().sum::<f64>() / n;
         let var = got.iter().map(|x| (x - avg).powi(2)).sum::<f64>() / n;
+        // Microsecond precision: more digits would be noise.
+        let us = |x: f64| (x * 1000.0).round() / 1000.0;
         Some(RttStats {
             min: got.iter().copied().fold(f64::INFINITY, f64::min),
-            avg,
+            avg: us(avg),
             max: got.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            stddev: var.sqrt(),
+            stddev: us(var.sqrt()),
         })
     }
 }

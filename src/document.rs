@@ -1,0 +1,435 @@
+//! Elasticsearch documents built from wire messages (see `docs/documents.md`).
+//!
+//! A [`PingResult`] becomes a Heartbeat/ECS-shaped ICMP check document that
+//! Kibana's Uptime app understands, plus our own `ping.*` fields (loss, rtt
+//! statistics, per-echo rtts) that Heartbeat does not have. A [`Rip`] becomes
+//! an agent lifecycle event.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Map, Value};
+
+use crate::protocol::{PingResult, Rip, RipReason};
+
+/// `event.dataset` of check documents (the Heartbeat ICMP value).
+pub const CHECK_DATASET: &str = "icmp";
+/// `event.dataset` of agent lifecycle documents.
+pub const AGENT_DATASET: &str = "swarming.agent";
+/// ECS version the documents follow.
+pub const ECS_VERSION: &str = "8.0.0";
+/// Agent label used for `observer.geo.name` (the Uptime "location").
+pub const LOCATION_LABEL: &str = "location";
+
+/// Why a result cannot be turned into a document.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("timestamp {0:?} is not an RFC 3339 UTC time")]
+    BadTimestamp(String),
+    #[error("interval {0} is not a positive number of seconds")]
+    BadInterval(f64),
+}
+
+/// Stable document id of a result: hex SHA-1 of `agent NUL target NUL
+/// timestamp`. The same result delivered through several brokers or
+/// indexers gets the same id, so Elasticsearch stores it once.
+pub fn doc_id(result: &PingResult) -> String {
+    let (agent, target, timestamp) = result.key();
+    hash_id(&[agent, target, timestamp])
+}
+
+/// Stable document id of a lifecycle notice received at `at`.
+pub fn rip_doc_id(rip: &Rip, at: SystemTime) -> String {
+    let at = humantime::format_rfc3339_millis(at).to_string();
+    hash_id(&[&rip.agent, reason_str(rip.reason), &at])
+}
+
+fn hash_id(parts: &[&str]) -> String {
+    let mut h = sha1_smol::Sha1::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b"\0");
+        }
+        h.update(p.as_bytes());
+    }
+    h.digest().to_string()
+}
+
+fn reason_str(reason: RipReason) -> &'static str {
+    match reason {
+        RipReason::Lost => "lost",
+        RipReason::Shutdown => "shutdown",
+    }
+}
+
+/// `monitor.id` of a target: one per target, the same from every agent
+/// (Uptime groups a monitor's locations under it).
+pub fn monitor_id(target: &str) -> String {
+    format!("icmp-{target}")
+}
+
+/// `url.domain` of a target: IPv6 literals are bracketed, as ECS asks.
+pub fn url_domain(target: &str) -> String {
+    let bare = target
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(target);
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => target.to_owned(),
+    }
+}
+
+/// Milliseconds to whole microseconds; non-finite or negative gives 0.
+fn ms_to_us(ms: f64) -> i64 {
+    if ms.is_finite() && ms > 0.0 {
+        // `as` saturates; rtts are far below i64::MAX microseconds anyway.
+        (ms * 1000.0).round() as i64
+    } else {
+        0
+    }
+}
+
+/// A finite float as JSON, `None` otherwise (ES refuses NaN).
+fn finite(x: f64) -> Option<Value> {
+    if x.is_finite() {
+        Some(json!(x))
+    } else {
+        None
+    }
+}
+
+fn insert_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    if let Some(v) = value {
+        map.insert(key.to_owned(), v);
+    }
+}
+
+/// The check document of one result (the `_source` to index).
+pub fn result_document(r: &PingResult) -> Result<Value, DocumentError> {
+    let start = humantime::parse_rfc3339(&r.timestamp)
+        .map_err(|_| DocumentError::BadTimestamp(r.timestamp.clone()))?;
+    let interval = Duration::try_from_secs_f64(r.interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(DocumentError::BadInterval(r.interval))?;
+    let end = start
+        .checked_add(interval)
+        .ok_or(DocumentError::BadInterval(r.interval))?;
+    let ts = humantime::format_rfc3339_millis(start).to_string();
+    let end = humantime::format_rfc3339_millis(end).to_string();
+    let id = doc_id(r);
+    let up = r.received > 0;
+    let avg_us = if up {
+        r.rtt.map(|s| ms_to_us(s.avg)).unwrap_or(0)
+    } else {
+        0
+    };
+    let lost = r.sent.saturating_sub(r.received);
+    // A round that sent nothing (name did not resolve) counts as total loss.
+    let loss = if r.sent == 0 {
+        1.0
+    } else {
+        (f64::from(lost) / f64::from(r.sent)).clamp(0.0, 1.0)
+    };
+    let location = r
+        .labels
+        .get(LOCATION_LABEL)
+        .filter(|l| !l.is_empty())
+        .unwrap_or(&r.agent);
+    let domain = url_domain(&r.target);
+
+    let mut monitor = Map::new();
+    monitor.insert("id".into(), json!(monitor_id(&r.target)));
+    monitor.insert("name".into(), json!(r.target));
+    monitor.insert("type".into(), json!("icmp"));
+    monitor.insert("status".into(), json!(if up { "up" } else { "down" }));
+    monitor.insert("duration".into(), json!({ "us": avg_us }));
+    monitor.insert("check_group".into(), json!(id));
+    monitor.insert("timespan".into(), json!({ "gte": ts, "lt": end }));
+    if let Some(ip) = r.addr {
+        monitor.insert("ip".into(), json!(ip.to_string()));
+    }
+
+    let mut icmp = Map::new();
+    icmp.insert("requests".into(), json!(r.sent));
+    if up {
+        icmp.insert("rtt".into(), json!({ "us": avg_us }));
+    }
+
+    let mut ping = Map::new();
+    ping.insert("sent".into(), json!(r.sent));
+    ping.insert("received".into(), json!(r.received));
+    ping.insert("lost".into(), json!(lost));
+    ping.insert("loss".into(), json!(loss));
+    insert_opt(&mut ping, "interval_s", finite(r.interval));
+    if let (true, Some(s)) = (up, r.rtt) {
+        let mut rtt = Map::new();
+        insert_opt(&mut rtt, "min_ms", finite(s.min));
+        insert_opt(&mut rtt, "avg_ms", finite(s.avg));
+        insert_opt(&mut rtt, "max_ms", finite(s.max));
+        insert_opt(&mut rtt, "stddev_ms", finite(s.stddev));
+        ping.insert("rtt".into(), Value::Object(rtt));
+    }
+    let rtts: Vec<Value> = r.rtts.iter().flatten().filter_map(|&x| finite(x)).collect();
+    ping.insert("rtts_ms".into(), Value::Array(rtts));
+
+    let labels: Map<String, Value> = r
+        .labels
+        .iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+
+    let mut doc = Map::new();
+    doc.insert("@timestamp".into(), json!(ts));
+    doc.insert("ecs".into(), json!({ "version": ECS_VERSION }));
+    doc.insert(
+        "event".into(),
+        json!({ "dataset": CHECK_DATASET, "kind": "metric" }),
+    );
+    doc.insert("monitor".into(), Value::Object(monitor));
+    doc.insert(
+        "summary".into(),
+        json!({ "up": u8::from(up), "down": u8::from(!up) }),
+    );
+    doc.insert(
+        "observer".into(),
+        json!({ "name": r.agent, "geo": { "name": location } }),
+    );
+    if !labels.is_empty() {
+        doc.insert("labels".into(), Value::Object(labels));
+    }
+    doc.insert(
+        "url".into(),
+        json!({ "scheme": "icmp", "domain": domain, "full": format!("icmp://{domain}") }),
+    );
+    if let Some(ip) = r.addr {
+        doc.insert("resolve".into(), json!({ "ip": ip.to_string() }));
+    }
+    doc.insert("icmp".into(), Value::Object(icmp));
+    doc.insert("ping".into(), Value::Object(ping));
+    if let Some(e) = &r.error {
+        doc.insert("error".into(), json!({ "message": e }));
+    }
+    Ok(Value::Object(doc))
+}
+
+/// The lifecycle document of an agent notice received at `at`.
+pub fn rip_document(rip: &Rip, at: SystemTime) -> Value {
+    let action = reason_str(rip.reason);
+    let message = match rip.reason {
+        RipReason::Lost => format!("agent {} lost (broker published its last will)", rip.agent),
+        RipReason::Shutdown => format!("agent {} shut down", rip.agent),
+    };
+    json!({
+        "@timestamp": humantime::format_rfc3339_millis(at).to_string(),
+        "ecs": { "version": ECS_VERSION },
+        "event": { "dataset": AGENT_DATASET, "kind": "event", "action": action },
+        "observer": { "name": rip.agent },
+        "message": message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::RttStats;
+    use std::collections::BTreeMap;
+
+    fn sample() -> PingResult {
+        PingResult {
+            agent: "probe-paris-1".into(),
+            labels: BTreeMap::from([
+                ("provider".to_owned(), "ovh".to_owned()),
+                ("location".to_owned(), "Paris".to_owned()),
+            ]),
+            target: "example.com".into(),
+            addr: Some("192.0.2.7".parse().unwrap()),
+            timestamp: "2026-11-25T12:00:00.000Z".into(),
+            interval: 60.0,
+            sent: 5,
+            received: 4,
+            rtt: RttStats::from_rtts(&[Some(10.0), Some(12.0), None, Some(11.0), Some(11.0)]),
+            rtts: vec![Some(10.0), Some(12.0), None, Some(11.0), Some(11.0)],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn up_result_has_every_uptime_field() {
+        let d = result_document(&sample()).unwrap();
+        assert_eq!(d["@timestamp"], "2026-11-25T12:00:00.000Z");
+        assert_eq!(d["event"]["dataset"], "icmp");
+        assert_eq!(d["monitor"]["id"], "icmp-example.com");
+        assert_eq!(d["monitor"]["name"], "example.com");
+        assert_eq!(d["monitor"]["type"], "icmp");
+        assert_eq!(d["monitor"]["status"], "up");
+        assert_eq!(d["monitor"]["duration"]["us"], 11000);
+        assert_eq!(d["monitor"]["ip"], "192.0.2.7");
+        assert_eq!(d["resolve"]["ip"], "192.0.2.7");
+        assert_eq!(d["monitor"]["timespan"]["gte"], "2026-11-25T12:00:00.000Z");
+        assert_eq!(d["monitor"]["timespan"]["lt"], "2026-11-25T12:01:00.000Z");
+        assert_eq!(d["monitor"]["check_group"], doc_id(&sample()));
+        assert_eq!(d["summary"]["up"], 1);
+        assert_eq!(d["summary"]["down"], 0);
+        assert_eq!(d["observer"]["name"], "probe-paris-1");
+        assert_eq!(d["observer"]["geo"]["name"], "Paris");
+        assert_eq!(d["labels"]["provider"], "ovh");
+        assert_eq!(d["url"]["domain"], "example.com");
+        assert_eq!(d["url"]["full"], "icmp://example.com");
+        assert_eq!(d["icmp"]["requests"], 5);
+        assert_eq!(d["icmp"]["rtt"]["us"], 11000);
+        assert_eq!(d["ping"]["sent"], 5);
+        assert_eq!(d["ping"]["received"], 4);
+        assert_eq!(d["ping"]["lost"], 1);
+        assert_eq!(d["ping"]["loss"], 0.2);
+        assert_eq!(d["ping"]["interval_s"], 60.0);
+        assert_eq!(d["ping"]["rtt"]["min_ms"], 10.0);
+        assert_eq!(d["ping"]["rtt"]["avg_ms"], 11.0);
+        assert_eq!(d["ping"]["rtt"]["max_ms"], 12.0);
+        assert_eq!(d["ping"]["rtts_ms"], json!([10.0, 12.0, 11.0, 11.0]));
+        assert!(d.get("error").is_none());
+    }
+
+    #[test]
+    fn down_result_without_address() {
+        let mut r = sample();
+        r.addr = None;
+        r.sent = 0;
+        r.received = 0;
+        r.rtt = None;
+        r.rtts = vec![];
+        r.labels.clear();
+        r.error = Some("name did not resolve".into());
+        let d = result_document(&r).unwrap();
+        assert_eq!(d["monitor"]["status"], "down");
+        assert_eq!(d["monitor"]["duration"]["us"], 0);
+        assert!(d["monitor"].get("ip").is_none());
+        assert!(d.get("resolve").is_none());
+        assert!(d["icmp"].get("rtt").is_none());
+        assert!(d["ping"].get("rtt").is_none());
+        assert_eq!(d["ping"]["loss"], 1.0);
+        assert_eq!(d["summary"]["down"], 1);
+        assert_eq!(d["observer"]["geo"]["name"], "probe-paris-1");
+        assert!(d.get("labels").is_none());
+        assert_eq!(d["error"]["message"], "name did not resolve");
+    }
+
+    #[test]
+    fn all_lost_is_down_with_full_loss() {
+        let mut r = sample();
+        r.received = 0;
+        r.rtt = None;
+        r.rtts = vec![None; 5];
+        let d = result_document(&r).unwrap();
+        assert_eq!(d["monitor"]["status"], "down");
+        assert_eq!(d["ping"]["loss"], 1.0);
+        assert_eq!(d["ping"]["lost"], 5);
+        assert_eq!(d["ping"]["rtts_ms"], json!([]));
+    }
+
+    #[test]
+    fn ipv6_literals_are_bracketed_in_urls() {
+        for t in ["2001:db8::1", "[2001:db8::1]"] {
+            let mut r = sample();
+            r.target = t.into();
+            let d = result_document(&r).unwrap();
+            assert_eq!(d["url"]["domain"], "[2001:db8::1]");
+            assert_eq!(d["url"]["full"], "icmp://[2001:db8::1]");
+            assert_eq!(d["monitor"]["name"], t);
+        }
+        assert_eq!(url_domain("192.0.2.1"), "192.0.2.1");
+    }
+
+    #[test]
+    fn doc_id_is_stable_and_distinguishes_results() {
+        let a = sample();
+        let id = doc_id(&a);
+        assert_eq!(id.len(), 40);
+        assert_eq!(id, doc_id(&a.clone()));
+        let mut b = a.clone();
+        b.received = 0; // same key, same id
+        assert_eq!(doc_id(&b), id);
+        for change in [
+            |r: &mut PingResult| r.agent.push('x'),
+            |r: &mut PingResult| r.target.push('x'),
+            |r: &mut PingResult| r.timestamp = "2026-11-25T12:01:00.000Z".into(),
+        ] {
+            let mut c = a.clone();
+            change(&mut c);
+            assert_ne!(doc_id(&c), id);
+        }
+        // NUL separation: ("ab","c") and ("a","bc") differ.
+        let mut x = a.clone();
+        x.agent = "ab".into();
+        x.target = "c".into();
+        let mut y = a.clone();
+        y.agent = "a".into();
+        y.target = "bc".into();
+        assert_ne!(doc_id(&x), doc_id(&y));
+    }
+
+    #[test]
+    fn bad_timestamps_and_intervals_are_errors_not_panics() {
+        for ts in [
+            "",
+            "yesterday",
+            "2026-11-25 12:00:00",
+            "2026-11-25T12:00:00+02:00",
+        ] {
+            let mut r = sample();
+            r.timestamp = ts.into();
+            assert!(matches!(
+                result_document(&r),
+                Err(DocumentError::BadTimestamp(_))
+            ));
+        }
+        for iv in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e300] {
+            let mut r = sample();
+            r.interval = iv;
+            assert!(matches!(
+                result_document(&r),
+                Err(DocumentError::BadInterval(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn non_finite_rtts_are_dropped() {
+        let mut r = sample();
+        r.rtts = vec![Some(f64::NAN), Some(1.5)];
+        r.rtt = Some(RttStats {
+            min: f64::NAN,
+            avg: 1.5,
+            max: 1.5,
+            stddev: f64::INFINITY,
+        });
+        let d = result_document(&r).unwrap();
+        assert_eq!(d["ping"]["rtts_ms"], json!([1.5]));
+        assert!(d["ping"]["rtt"].get("min_ms").is_none());
+        assert!(d["ping"]["rtt"].get("stddev_ms").is_none());
+        assert_eq!(d["monitor"]["duration"]["us"], 1500);
+    }
+
+    #[test]
+    fn rip_documents() {
+        let at = humantime::parse_rfc3339("2026-11-25T12:00:05.250Z").unwrap();
+        let lost = Rip {
+            agent: "a1".into(),
+            reason: RipReason::Lost,
+        };
+        let d = rip_document(&lost, at);
+        assert_eq!(d["@timestamp"], "2026-11-25T12:00:05.250Z");
+        assert_eq!(d["event"]["dataset"], "swarming.agent");
+        assert_eq!(d["event"]["action"], "lost");
+        assert_eq!(d["observer"]["name"], "a1");
+        let shut = Rip {
+            agent: "a1".into(),
+            reason: RipReason::Shutdown,
+        };
+        assert_eq!(rip_document(&shut, at)["event"]["action"], "shutdown");
+        assert_ne!(rip_doc_id(&lost, at), rip_doc_id(&shut, at));
+        assert_eq!(rip_doc_id(&lost, at), rip_doc_id(&lost.clone(), at));
+    }
+}

@@ -1,0 +1,547 @@
+//! MQTT plumbing: the agent's single-broker link with round-robin failover,
+//! the bounded outbox that makes failover lossless, and reconnect backoff.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
+};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Broker;
+use crate::protocol::{self, Rip, RipReason};
+
+/// Publishes handed to rumqttc and not yet acknowledged, at most.
+const WINDOW: usize = 64;
+/// Largest incoming packet accepted by the client, in bytes. Larger than any
+/// payload we accept, so an oversized publish is refused by us (counted,
+/// logged) rather than by rumqttc (which would drop the connection).
+pub const MAX_PACKET_IN: usize = 16 * 1024 * 1024;
+/// Largest outgoing packet, in bytes.
+pub const MAX_PACKET_OUT: usize = 2 * 1024 * 1024;
+
+/// One message waiting to be published (QoS 1, not retained).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Bounded FIFO of results waiting for a broker. When full, the oldest is
+/// dropped and counted: fresh results matter more than old ones.
+pub struct Outbox {
+    inner: Mutex<VecDeque<Message>>,
+    capacity: AtomicU64,
+    dropped: AtomicU64,
+    notify: Notify,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Outbox {
+            inner: Mutex::new(VecDeque::new()),
+            capacity: AtomicU64::new(capacity as u64),
+            dropped: AtomicU64::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
+        // The queue stays consistent even if a holder panicked.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity as u64, Ordering::Relaxed);
+    }
+
+    fn trim(&self, q: &mut VecDeque<Message>) {
+        let cap = self.capacity.load(Ordering::Relaxed) as usize;
+        let mut dropped = 0;
+        while q.len() > cap {
+            q.pop_front();
+            dropped += 1;
+        }
+        if dropped > 0 {
+            let total = self.dropped.fetch_add(dropped, Ordering::Relaxed) + dropped;
+            tracing::warn!(
+                dropped,
+                total,
+                capacity = cap,
+                "outbox full: oldest results dropped"
+            );
+        }
+    }
+
+    /// Queues a message at the back.
+    pub fn push(&self, msg: Message) {
+        {
+            let mut q = self.lock();
+            q.push_back(msg);
+            self.trim(&mut q);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Puts unacknowledged messages back at the front, in their order.
+    pub fn requeue_front(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.lock();
+            for m in msgs.into_iter().rev() {
+                q.push_front(m);
+            }
+            self.trim(&mut q);
+        }
+        self.notify.notify_one();
+    }
+
+    pub fn pop(&self) -> Option<Message> {
+        self.lock().pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Messages dropped because the outbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Resolves after the next `push`/`requeue_front` (or at once if one
+    /// happened since the last call).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            current: base,
+        }
+    }
+
+    /// The next delay: uniformly random in [current/2, current], then
+    /// doubles (up to `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let cur = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let lo = cur / 2;
+        lo + rand::rng().random_range(Duration::ZERO..=cur - lo)
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.base;
+    }
+}
+
+/// A client id usable by mosquitto: ASCII letters, digits, `-`, `_`, `.`.
+pub fn client_id(prefix: &str, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}-{clean}")
+}
+
+/// What the agent's link needs to know; a change makes it reconnect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkConfig {
+    /// Agent name (topic level of `rip/agent/{name}`).
+    pub name: String,
+    /// Brokers in the order they are tried (shuffled once by the caller).
+    pub brokers: Vec<Broker>,
+    pub keepalive: Duration,
+}
+
+/// The link's state, for status lines and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LinkState {
+    #[default]
+    Connecting,
+    Connected(Broker),
+    /// All brokers failed; waiting before the next cycle.
+    Backoff,
+    Stopped,
+}
+
+/// Channels between the agent's link and the rest of the agent.
+pub struct LinkHandles {
+    pub outbox: Arc<Outbox>,
+    /// Raw `watch` payloads, in arrival order.
+    pub watch_tx: mpsc::Sender<Vec<u8>>,
+    pub state_tx: watch::Sender<LinkState>,
+    /// Proof of progress for the watchdog: bumped on every event-loop turn.
+    pub heartbeat: Arc<AtomicU64>,
+}
+
+enum SessionEnd {
+    /// Connected, then lost: move to the next broker at once.
+    Lost { lasted: Duration },
+    /// Could not connect.
+    ConnectFailed,
+    /// New configuration: reconnect with it.
+    Reconfigured,
+    /// Drained and disconnected cleanly.
+    Finished,
+}
+
+/// Runs the agent's MQTT link until `drain` is cancelled and everything
+/// queued is published (the caller bounds that in time).
+///
+/// Connects to one broker at a time, in the configured order, round robin.
+/// A refused, dropped or silent connection moves to the next broker at once;
+/// backoff applies only after a whole cycle failed. Unacknowledged results
+/// go back to the front of the outbox, so a failover loses no result.
+pub async fn run_agent_link(
+    mut config: watch::Receiver<LinkConfig>,
+    handles: LinkHandles,
+    drain: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut next = 0usize;
+    let mut failed_in_cycle = 0usize;
+    loop {
+        let cfg = config.borrow_and_update().clone();
+        let n = cfg.brokers.len().max(1);
+        let Some(broker) = cfg.brokers.get(next % n).cloned() else {
+            return;
+        };
+        next = next.wrapping_add(1);
+        match agent_session(&cfg, &broker, &mut config, &handles, &drain).await {
+            SessionEnd::Finished => {
+                handles.state_tx.send_replace(LinkState::Stopped);
+                return;
+            }
+            SessionEnd::Reconfigured => {
+                tracing::info!("broker settings changed: reconnecting");
+                next = 0;
+                failed_in_cycle = 0;
+                backoff.reset();
+                continue;
+            }
+            SessionEnd::Lost { lasted } => {
+                // A broker that accepts and drops at once (e.g. kicked by a
+                // duplicate client id) counts as a failure, so it cannot spin.
+                if lasted >= cfg.keepalive {
+                    failed_in_cycle = 0;
+                    backoff.reset();
+                } else {
+                    failed_in_cycle += 1;
+                }
+            }
+            SessionEnd::ConnectFailed => failed_in_cycle += 1,
+        }
+        if failed_in_cycle >= n {
+            failed_in_cycle = 0;
+            let delay = backoff.next_delay();
+            handles.state_tx.send_replace(LinkState::Backoff);
+            tracing::warn!(
+                delay_ms = delay.as_millis() as u64,
+                "no broker reachable: backing off"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = config.changed() => {}
+            }
+        }
+    }
+}
+
+fn will(name: &str) -> LastWill {
+    let payload = serde_json::to_vec(&Rip {
+        agent: name.to_owned(),
+        reason: RipReason::Lost,
+    })
+    .unwrap_or_default();
+    LastWill::new(protocol::rip_topic(name), payload, QoS::AtLeastOnce, false)
+}
+
+/// Base client options shared by the agent and the indexer.
+pub fn options(
+    client_id: String,
+    broker: &Broker,
+    keepalive: Duration,
+    clean: bool,
+) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    o.set_keep_alive(keepalive)
+        .set_clean_session(clean)
+        .set_max_packet_size(MAX_PACKET_IN, MAX_PACKET_OUT)
+        .set_inflight(WINDOW as u16);
+    o
+}
+
+/// The event loop with the connect timeout set: a broker that accepts TCP
+/// but never answers (stopped) must not hold us longer than a keepalive.
+pub fn client(opts: MqttOptions, keepalive: Duration) -> (AsyncClient, EventLoop) {
+    let (client, mut el) = AsyncClient::new(opts, WINDOW * 2 + 16);
+    let mut net = el.network_options();
+    net.set_connection_timeout(keepalive.as_secs().max(1));
+    el.set_network_options(net);
+    (client, el)
+}
+
+/// Waits for the CONNACK; `Err` carries a printable reason.
+pub async fn connect(el: &mut EventLoop, keepalive: Duration) -> Result<(), String> {
+    match tokio::time::timeout(keepalive + Duration::from_secs(1), el.poll()).await {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
+            Ok(())
+        }
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => Err(format!("refused: {:?}", ack.code)),
+        Ok(Ok(other)) => Err(format!("unexpected first packet {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no CONNACK within the keepalive".into()),
+    }
+}
+
+/// Drives `poll()` in its own task: never publish from the task that polls,
+/// and never cancel `poll()` half way (it is not cancel safe). Events arrive
+/// on the returned channel; the first error ends the task.
+pub fn spawn_poller(
+    mut el: EventLoop,
+) -> (
+    mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(256);
+    let task = tokio::spawn(async move {
+        loop {
+            let ev = el.poll().await;
+            let end = ev.is_err();
+            if tx.send(ev).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Aborts the poller when a session ends, whichever way it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn agent_session(
+    cfg: &LinkConfig,
+    broker: &Broker,
+    config: &mut watch::Receiver<LinkConfig>,
+    h: &LinkHandles,
+    drain: &CancellationToken,
+) -> SessionEnd {
+    h.state_tx.send_replace(LinkState::Connecting);
+    let mut opts = options(
+        client_id("swarming-agent", &cfg.name),
+        broker,
+        cfg.keepalive,
+        true,
+    );
+    opts.set_last_will(will(&cfg.name));
+    let (client, mut el) = client(opts, cfg.keepalive);
+    if let Err(reason) = connect(&mut el, cfg.keepalive).await {
+        tracing::warn!(broker = %broker, %reason, "cannot connect to broker");
+        return SessionEnd::ConnectFailed;
+    }
+    let since = tokio::time::Instant::now();
+    let (mut events, poller) = spawn_poller(el);
+    let _poller = AbortOnDrop(poller);
+    tracing::info!(broker = %broker, "connected to broker");
+    h.state_tx
+        .send_replace(LinkState::Connected(broker.clone()));
+    // rumqttc does not restore subscriptions: subscribe on every connect.
+    if let Err(e) = client.try_subscribe(protocol::WATCH_TOPIC, QoS::AtLeastOnce) {
+        tracing::warn!(broker = %broker, error = %e, "cannot subscribe to watch");
+        return SessionEnd::Lost {
+            lasted: Duration::ZERO,
+        };
+    }
+
+    // Published, not yet acknowledged, in publish order. A broker sends
+    // PUBACKs in the order it received the PUBLISHes (MQTT 3.1.1, 4.6), so
+    // each PUBACK settles the oldest.
+    let mut inflight: VecDeque<Message> = VecDeque::with_capacity(WINDOW);
+    let rip_topic = protocol::rip_topic(&cfg.name);
+    let requeue = |inflight: VecDeque<Message>| {
+        // A shutdown notice is rebuilt on the next broker, not replayed.
+        h.outbox.requeue_front(
+            inflight
+                .into_iter()
+                .filter(|m| m.topic != rip_topic)
+                .collect(),
+        );
+    };
+    let mut draining = false;
+    let mut notice_sent = false;
+    loop {
+        // Feed the window. try_publish cannot fail for lack of room: the
+        // request channel holds more than WINDOW.
+        while inflight.len() < WINDOW {
+            let Some(m) = h.outbox.pop() else { break };
+            match client.try_publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone()) {
+                Ok(()) => inflight.push_back(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish request refused");
+                    h.outbox.requeue_front(vec![m]);
+                    break;
+                }
+            }
+        }
+        if draining && !notice_sent && inflight.is_empty() && h.outbox.is_empty() {
+            let notice = Message {
+                topic: rip_topic.clone(),
+                payload: serde_json::to_vec(&Rip {
+                    agent: cfg.name.clone(),
+                    reason: RipReason::Shutdown,
+                })
+                .unwrap_or_default(),
+            };
+            if client
+                .try_publish(
+                    notice.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    notice.payload.clone(),
+                )
+                .is_ok()
+            {
+                inflight.push_back(notice);
+                notice_sent = true;
+            }
+        }
+        if notice_sent && inflight.is_empty() {
+            let _ = client.try_disconnect();
+            // Let the event loop write DISCONNECT before the socket closes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(ev) = events.recv().await {
+                    if matches!(
+                        ev,
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+                    ) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            tracing::info!(broker = %broker, "shutdown notice published, disconnected");
+            return SessionEnd::Finished;
+        }
+        tokio::select! {
+            ev = events.recv() => {
+                h.heartbeat.fetch_add(1, Ordering::Relaxed);
+                match ev {
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        if p.topic == protocol::WATCH_TOPIC && h.watch_tx.send(p.payload.to_vec()).await.is_err() {
+                            requeue(inflight);
+                            return SessionEnd::Finished;
+                        }
+                    }
+                    Some(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                        inflight.pop_front();
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(broker = %broker, error = %e, requeued = inflight.len(), "lost broker: moving to the next");
+                        requeue(inflight);
+                        return SessionEnd::Lost { lasted: since.elapsed() };
+                    }
+                    None => {
+                        requeue(inflight);
+                        return SessionEnd::Lost { lasted: since.elapsed() };
+                    }
+                }
+            }
+            _ = h.outbox.notified(), if inflight.len() < WINDOW => {}
+            _ = drain.cancelled(), if !draining => draining = true,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    requeue(inflight);
+                    return SessionEnd::Finished;
+                }
+                if *config.borrow() != *cfg {
+                    requeue(inflight);
+                    let _ = client.try_disconnect();
+                    return SessionEnd::Reconfigured;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(i: u32) -> Message {
+        Message {
+            topic: format!("ping/{i}"),
+            payload: vec![],
+        }
+    }
+
+    #[test]
+    fn outbox_drops_oldest_and_requeues_in_order() {
+        let o = Outbox::new(3);
+        for i in 0..5 {
+            o.push(m(i));
+        }
+        assert_eq!(o.dropped(), 2);
+        assert_eq!(o.pop(), Some(m(2)));
+        o.requeue_front(vec![m(0), m(1)]);
+        // Capacity 3: of [0,1,3,4] the oldest (0) goes.
+        let got: Vec<_> = std::iter::from_fn(|| o.pop()).collect();
+        assert_eq!(got, vec![m(1), m(3), m(4)]);
+        assert_eq!(o.dropped(), 3);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let d: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(500) && d[0] <= Duration::from_secs(1));
+        assert!(d[3] >= Duration::from_secs(4) && d[3] <= Duration::from_secs(8));
+        assert!(d[5] <= Duration::from_secs(8));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn client_ids_are_safe() {
+        assert_eq!(
+            client_id("swarming-agent", "a+b/c#"),
+            "swarming-agent-a_b_c_"
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! The agent binary against real mosquitto brokers, pinging loopback.
+//! Needs root or CAP_NET_RAW (raw ICMP sockets) and mosquitto installed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use common::daemon::{run, Daemon};
+use common::mosquitto::Mosquitto;
+use common::mqtt::{publish, Collector, Received};
+use swarming::protocol::PingResult;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_swarming-agent");
+const SEC: Duration = Duration::from_secs(1);
+
+/// A config file for a fast agent: 1 s rounds of 2 echoes, 1 s keepalive.
+fn config(dir: &tempfile::TempDir, name: &str, brokers: &[String]) -> PathBuf {
+    let path = dir.path().join("agent.yaml");
+    let brokers: Vec<String> = brokers.iter().map(|b| format!("\"{b}\"")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "name: {name}\nlabels: {{provider: test, location: Lab}}\nbrokers: [{}]\nkeepalive: 1s\nping: {{interval: 1s, count: 2, timeout: 300ms}}\nlimits: {{max_targets: 10, max_rate: 100}}\n",
+            brokers.join(", ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn start_agent(cfg: &std::path::Path) -> Daemon {
+    Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[])
+}
+
+fn result(m: &Received) -> PingResult {
+    serde_json::from_slice(&m.payload).expect("a PingResult")
+}
+
+fn ts_ms(r: &PingResult) -> u64 {
+    humantime::parse_rfc3339(&r.timestamp)
+        .expect("RFC 3339 timestamp")
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn watch(port: u16, targets: &[&str]) {
+    let list = serde_json::json!({"targets": targets, "version": "t"});
+    publish(port, "watch", list.to_string().as_bytes(), true).await;
+}
+
+/// Asserts the rounds of one target form an unbroken 1 s sequence.
+fn assert_no_gap(results: &[PingResult], target: &str) -> usize {
+    let ts: BTreeSet<u64> = results
+        .iter()
+        .filter(|r| r.target == target)
+        .map(ts_ms)
+        .collect();
+    let ts: Vec<u64> = ts.into_iter().collect();
+    assert!(ts.len() >= 2, "too few rounds for {target}: {ts:?}");
+    for w in ts.windows(2) {
+        assert_eq!(
+            w[1] - w[0],
+            1000,
+            "round missing for {target} between {} and {}: {ts:?}",
+            w[0],
+            w[1]
+        );
+    }
+    ts.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_exact_results_for_loopback_targets() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-1", &[broker.addr()]);
+    watch(
+        broker.port,
+        &["127.0.0.1", "::1", "no-such-host.invalid", "a/b"],
+    )
+    .await;
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    let mut agent = start_agent(&cfg);
+
+    let m = sub
+        .next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.1")
+        .await
+        .expect("a v4 result");
+    let r = result(&m);
+    assert_eq!(r.agent, "probe-1");
+    assert_eq!(r.labels.get("provider").map(String::as_str), Some("test"));
+    assert_eq!(r.labels.get("location").map(String::as_str), Some("Lab"));
+    assert_eq!(r.target, "127.0.0.1");
+    assert_eq!(r.addr, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(r.interval, 1.0);
+    assert_eq!((r.sent, r.received), (2, 2));
+    assert_eq!(r.rtts.len(), 2);
+    assert!(
+        r.rtts
+            .iter()
+            .all(|x| matches!(x, Some(ms) if *ms >= 0.0 && *ms < 300.0)),
+        "{:?}",
+        r.rtts
+    );
+    let s = r.rtt.expect("rtt stats");
+    assert!(s.min <= s.avg && s.avg <= s.max && s.stddev >= 0.0, "{s:?}");
+    assert!(r.error.is_none());
+    assert!(r.timestamp.ends_with('Z'), "UTC: {}", r.timestamp);
+    assert!(!m.retain);
+    // The raw JSON carries every field of the contract.
+    let j = m.json();
+    for k in [
+        "agent",
+        "labels",
+        "target",
+        "addr",
+        "timestamp",
+        "interval",
+        "sent",
+        "received",
+        "rtt",
+        "rtts",
+    ] {
+        assert!(j.get(k).is_some(), "field {k} missing in {j}");
+    }
+
+    let r6 = result(
+        &sub.next_matching(10 * SEC, |m| m.topic == "ping/::1")
+            .await
+            .expect("a v6 result"),
+    );
+    assert_eq!(r6.addr, Some("::1".parse().unwrap()));
+    assert_eq!(r6.received, 2);
+
+    let bad = result(
+        &sub.next_matching(10 * SEC, |m| m.topic == "ping/no-such-host.invalid")
+            .await
+            .expect("a failed result"),
+    );
+    assert_eq!(bad.addr, None);
+    assert_eq!((bad.sent, bad.received), (0, 0));
+    assert!(bad.rtt.is_none());
+    assert!(
+        bad.error.as_deref().unwrap_or("").contains("resolve"),
+        "{:?}",
+        bad.error
+    );
+
+    // The invalid target is logged and never pinged.
+    agent.wait_log(&["target rejected", "a/b"], 5 * SEC).await;
+    let later = sub.drain_for(2 * SEC).await;
+    assert!(later.iter().all(|m| !m.topic.contains("a/b")));
+    // Successive rounds of a target are one interval apart.
+    let v4: Vec<PingResult> = later
+        .iter()
+        .filter(|m| m.topic == "ping/127.0.0.1")
+        .map(result)
+        .collect();
+    assert!(!v4.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_changes_add_and_remove_targets_and_keep_schedules() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-2", &[broker.addr()]);
+    watch(broker.port, &["127.0.0.1"]).await;
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    let mut agent = start_agent(&cfg);
+    let first = result(
+        &sub.next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.1")
+            .await
+            .expect("result"),
+    );
+
+    // Add a target: the first keeps its slot within the second.
+    watch(broker.port, &["127.0.0.1", "127.0.0.2"]).await;
+    agent
+        .wait_log(&["target added", "127.0.0.2"], 5 * SEC)
+        .await;
+    let second = result(
+        &sub.next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.2")
+            .await
+            .expect("new target pinged"),
+    );
+    assert_eq!(second.received, 2);
+    let again = result(
+        &sub.next_matching(5 * SEC, |m| m.topic == "ping/127.0.0.1")
+            .await
+            .expect("old target still pinged"),
+    );
+    assert_eq!(
+        ts_ms(&again) % 1000,
+        ts_ms(&first) % 1000,
+        "unchanged target kept its schedule"
+    );
+
+    // Remove the first: no round of it starts after the change is applied.
+    watch(broker.port, &["127.0.0.2"]).await;
+    agent
+        .wait_log(&["target removed", "127.0.0.1"], 5 * SEC)
+        .await;
+    let removed_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let window = sub.drain_for(3 * SEC).await;
+    let results: Vec<PingResult> = window.iter().map(result).collect();
+    assert!(
+        results.iter().any(|r| r.target == "127.0.0.2"),
+        "remaining target still pinged"
+    );
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.target == "127.0.0.1")
+            .all(|r| ts_ms(r) < removed_at),
+        "removed target pinged after removal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_watch_messages_are_ignored() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-3", &[broker.addr()]);
+    watch(broker.port, &["127.0.0.1"]).await;
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    let mut agent = start_agent(&cfg);
+    sub.next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.1")
+        .await
+        .expect("result");
+
+    publish(broker.port, "watch", b"{\"targets\": [oops", false).await;
+    agent
+        .wait_log(&["watch message ignored", "malformed"], 5 * SEC)
+        .await;
+    publish(broker.port, "watch", br#"{"targets": 42}"#, false).await;
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    publish(broker.port, "watch", &big, false).await;
+    agent
+        .wait_log(&["watch message ignored", "exceeds"], 5 * SEC)
+        .await;
+
+    // Still connected to the same broker and still pinging the old list.
+    sub.next_matching(5 * SEC, |m| m.topic == "ping/127.0.0.1")
+        .await
+        .expect("old list kept");
+    assert!(
+        !agent.log.iter().any(|l| l.contains("lost broker")),
+        "the session flapped"
+    );
+}
+
+/// Runs an agent on two brokers, breaks the one it uses with `breaker`, and
+/// checks that the combined stream has every round.
+async fn failover(name: &str, freeze: bool) {
+    let mut a = Mosquitto::start().await;
+    let mut b = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, name, &[a.addr(), b.addr()]);
+    watch(a.port, &["127.0.0.1"]).await;
+    watch(b.port, &["127.0.0.1"]).await;
+    let mut sub = Collector::new(&[a.port, b.port], &["ping/#"]).await;
+    let mut agent = start_agent(&cfg);
+    let first = sub
+        .next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.1")
+        .await
+        .expect("result");
+    sub.drain_for(2 * SEC).await;
+    let (used, other) = if first.port == a.port {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    if freeze {
+        used.freeze();
+    } else {
+        used.kill().await;
+    }
+    agent
+        .wait_log(&["connected to broker", &other.addr()], 15 * SEC)
+        .await;
+    // Rounds keep coming, now through the other broker.
+    sub.next_matching(10 * SEC, |m| {
+        m.port == other.port && m.topic == "ping/127.0.0.1"
+    })
+    .await
+    .expect("results through the other broker");
+    if freeze {
+        // Whatever the frozen broker still holds is delivered when it wakes.
+        used.thaw();
+    }
+    sub.drain_for(3 * SEC).await;
+    let seen: Vec<PingResult> = sub.history.iter().map(result).collect();
+    let rounds = assert_no_gap(&seen, "127.0.0.1");
+    assert!(rounds >= 6, "only {rounds} rounds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_the_broker_is_killed_loses_no_round() {
+    failover("probe-kill", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_the_broker_goes_silent_loses_no_round() {
+    failover("probe-stop", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_queue_while_no_broker_is_up_and_go_out_in_order() {
+    let mut broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-queue", &[broker.addr()]);
+    watch(broker.port, &["127.0.0.1"]).await;
+    let mut agent = start_agent(&cfg);
+    agent
+        .wait_log(&["target added", "127.0.0.1"], 10 * SEC)
+        .await;
+    // Retained list is gone with the broker (no persistence): the agent
+    // keeps its list while no broker is there.
+    broker.kill().await;
+    agent.wait_log(&["lost broker"], 10 * SEC).await;
+    agent.wait_log(&["no broker reachable"], 10 * SEC).await;
+    broker.restart().await;
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    let got = sub.drain_for(8 * SEC).await;
+    let results: Vec<PingResult> = got
+        .iter()
+        .filter(|m| m.topic == "ping/127.0.0.1")
+        .map(result)
+        .collect();
+    // Published in order, queued ones first.
+    let ts: Vec<u64> = results.iter().map(ts_ms).collect();
+    let mut sorted = ts.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ts, sorted, "results out of order");
+    assert_no_gap(&results, "127.0.0.1");
+    agent.wait_log(&["connected to broker"], SEC).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_will_after_sigkill_and_notice_after_sigterm() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sub = Collector::new(&[broker.port], &["rip/#", "ping/#"]).await;
+    watch(broker.port, &["127.0.0.1"]).await;
+
+    let cfg = config(&dir, "probe-killed", &[broker.addr()]);
+    let mut agent = start_agent(&cfg);
+    agent.wait_log(&["connected to broker"], 10 * SEC).await;
+    agent.signal("KILL");
+    agent.wait(5 * SEC).await;
+    let will = sub
+        .next_matching(10 * SEC, |m| m.topic == "rip/agent/probe-killed")
+        .await
+        .expect("last will");
+    assert_eq!(
+        will.json(),
+        serde_json::json!({"agent": "probe-killed", "reason": "lost"})
+    );
+
+    let cfg = config(&dir, "probe-stopped", &[broker.addr()]);
+    let mut agent = start_agent(&cfg);
+    sub.next_matching(10 * SEC, |m| {
+        m.topic == "ping/127.0.0.1" && m.payload.windows(13).any(|w| w == b"probe-stopped")
+    })
+    .await
+    .expect("a result before stopping");
+    agent.signal("TERM");
+    let status = agent.wait(10 * SEC).await;
+    assert_eq!(status.code(), Some(0), "clean exit");
+    let notice = sub
+        .next_matching(5 * SEC, |m| m.topic == "rip/agent/probe-stopped")
+        .await
+        .expect("shutdown notice");
+    assert_eq!(
+        notice.json(),
+        serde_json::json!({"agent": "probe-stopped", "reason": "shutdown"})
+    );
+    // A clean stop sends no will.
+    let after = sub.drain_for(3 * SEC).await;
+    assert!(
+        !after
+            .iter()
+            .any(|m| m.topic == "rip/agent/probe-stopped"
+                && m.payload.windows(4).any(|w| w == b"lost")),
+        "will published after a clean stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("ping: {interval: 60s, cuont: 5}\n", "ping.cuont"),
+        ("ping: {interval: soon}\n", "ping.interval"),
+        ("brokers: []\n", "brokers"),
+        ("brokers: [\"mqtts://h:8883\"]\n", "brokers[0]"),
+        ("keepalive: 10ms\n", "keepalive"),
+        ("limits: {max_rate: -1}\n", "limits.max_rate"),
+        ("name: [\n", "name"),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, text).unwrap();
+        let p = path.to_str().unwrap();
+        let (status, out) = run(AGENT, &["-c", p]).await;
+        assert_eq!(status.code(), Some(78), "{text:?}: {out}");
+        assert!(
+            out.contains(&format!("{p}: {key}")),
+            "{text:?}: message should name {p} and {key}: {out}"
+        );
+        let (status, _) = run(AGENT, &["--check-config", "-c", p]).await;
+        assert_eq!(status.code(), Some(78));
+    }
+    let (status, out) = run(AGENT, &["-c", "/nonexistent/agent.yaml"]).await;
+    assert_eq!(status.code(), Some(78));
+    assert!(out.contains("/nonexistent/agent.yaml"), "{out}");
+    let (status, out) = run(AGENT, &["--check-config", "-c", "etc/swarming/agent.yaml"]).await;
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("ok"));
+    // Brokers on the command line are validated too.
+    let (status, out) = run(
+        AGENT,
+        &[
+            "--check-config",
+            "-c",
+            "etc/swarming/agent.yaml",
+            "mqtts://x",
+        ],
+    )
+    .await;
+    assert_eq!(status.code(), Some(78), "{out}");
+}

@@ -1,0 +1,135 @@
+//! Real mosquitto processes on free loopback ports.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running mosquitto broker (killed on drop).
+pub struct Mosquitto {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free port; returns once it listens.
+    pub async fn start() -> Mosquitto {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("tempdir");
+            if let Some(child) = spawn(port, &dir).await {
+                return Mosquitto {
+                    port,
+                    child: Some(child),
+                    dir,
+                };
+            }
+        }
+        panic!("mosquitto did not start (is it installed? apt-get install mosquitto)");
+    }
+
+    /// `host:port` as the daemons take it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().and_then(|c| c.id()).expect("running") as i32
+    }
+
+    /// SIGKILL: the broker vanishes, sockets are reset.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// SIGSTOP: the broker goes silent, sockets stay open.
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// Starts again on the same port (after `kill`).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        for _ in 0..50 {
+            if let Some(c) = spawn(self.port, &self.dir).await {
+                self.child = Some(c);
+                return;
+            }
+            // The old socket may linger for a moment after a kill.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("mosquitto did not restart on port {}", self.port);
+    }
+}
+
+pub fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// Spawns mosquitto and waits for its "running" line (or its exit).
+async fn spawn(port: u16, dir: &tempfile::TempDir) -> Option<Child> {
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nmax_queued_messages 10000\npersistence false\n"
+        ),
+    )
+    .expect("write conf");
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mosquitto");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Opening ipv4 listen socket") {
+                // The listening line comes after the bind succeeded; the
+                // "running" line follows.
+                continue;
+            }
+            if line.contains("running") {
+                return true;
+            }
+            if line.contains("Error") {
+                return false;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if !ready {
+        let _ = child.kill().await;
+        return None;
+    }
+    // Keep draining stderr so the broker never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some(child)
+}

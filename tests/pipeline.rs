@@ -1,0 +1,241 @@
+//! The whole pipe: real agents and indexers, real mosquitto brokers, and
+//! the in-repo Elasticsearch that keeps the documented `_bulk` contract.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::daemon::Daemon;
+use common::fake_es::{FakeEs, Flavor};
+use common::mosquitto::Mosquitto;
+use common::mqtt::publish;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_swarming-agent");
+const INDEXER: &str = env!("CARGO_BIN_EXE_swarming-indexer");
+const INDEX: &str = "heartbeat-8-swarming";
+const SEC: Duration = Duration::from_secs(1);
+
+fn indexer_config(dir: &Path, brokers: &[String], targets: &[&str], es_url: &str) -> PathBuf {
+    let path = dir.join("indexer.yaml");
+    let brokers: Vec<String> = brokers.iter().map(|b| format!("\"{b}\"")).collect();
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "name: idx-pipe\nbrokers: [{}]\nkeepalive: 2s\ntargets: [{}]\nstate_dir: {}\nelasticsearch: {{url: \"{es_url}\", flush_interval: 100ms, timeout: 5s}}\n",
+            brokers.join(", "),
+            targets.join(", "),
+            dir.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn result_json(agent: &str, target: &str, ts: &str) -> Vec<u8> {
+    serde_json::json!({
+        "agent": agent, "labels": {"provider": "p", "location": "Paris"}, "target": target,
+        "addr": "127.0.0.1", "timestamp": ts, "interval": 60.0, "sent": 2, "received": 2,
+        "rtt": {"min": 1.0, "avg": 1.5, "max": 2.0, "stddev": 0.5}, "rtts": [1.0, 2.0]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn start_indexer(cfg: &Path) -> Daemon {
+    Daemon::spawn(INDEXER, &["-v", "-c", cfg.to_str().unwrap()], &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_results_become_uptime_documents() {
+    let a = Mosquitto::start().await;
+    let b = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::Elasticsearch8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = indexer_config(
+        dir.path(),
+        &[a.addr(), b.addr()],
+        &["127.0.0.1", "::1"],
+        &es.url(),
+    );
+    let mut idx = start_indexer(&cfg);
+    idx.wait_log(&["elasticsearch ready"], 10 * SEC).await;
+    assert!(
+        es.templates().keys().any(|k| k.contains("swarming")),
+        "index template installed"
+    );
+
+    let agent_cfg = dir.path().join("agent.yaml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "name: probe-e2e\nlabels: {{provider: acme, location: Lyon}}\nbrokers: [\"{}\", \"{}\"]\nkeepalive: 1s\nping: {{interval: 1s, count: 2, timeout: 300ms}}\n",
+            a.addr(),
+            b.addr()
+        ),
+    )
+    .unwrap();
+    let _agent = Daemon::spawn(AGENT, &["-c", agent_cfg.to_str().unwrap()], &[]);
+    // The agent learns its targets from the indexer's retained `watch`.
+    es.wait_for_docs(4).await;
+    let docs = es.docs(INDEX);
+    let up: Vec<_> = docs
+        .values()
+        .filter(|d| d["monitor"]["name"] == "::1")
+        .collect();
+    assert!(!up.is_empty(), "documents for ::1: {docs:#?}");
+    let d = up[0];
+    assert_eq!(d["monitor"]["type"], "icmp");
+    assert_eq!(d["monitor"]["status"], "up");
+    assert_eq!(d["monitor"]["id"], "icmp-::1");
+    assert_eq!(d["observer"]["name"], "probe-e2e");
+    assert_eq!(d["observer"]["geo"]["name"], "Lyon");
+    assert_eq!(d["labels"]["provider"], "acme");
+    assert_eq!(d["summary"]["up"], 1);
+    assert_eq!(d["icmp"]["requests"], 2);
+    assert_eq!(d["event"]["dataset"], "icmp");
+    assert!(
+        d["monitor"]["timespan"]["gte"].is_string() && d["monitor"]["timespan"]["lt"].is_string()
+    );
+    assert!(d["@timestamp"].is_string());
+    // Bulk requests are gzip-compressed.
+    assert!(es
+        .bulk_requests()
+        .iter()
+        .all(|r| r.header("content-encoding") == Some("gzip")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_through_two_brokers_is_one_document() {
+    let a = Mosquitto::start().await;
+    let b = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::OpenSearch2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = indexer_config(dir.path(), &[a.addr(), b.addr()], &[], &es.url());
+    let mut idx = start_indexer(&cfg);
+    idx.wait_log(&["subscribed", &a.addr()], 10 * SEC).await;
+    idx.wait_log(&["subscribed", &b.addr()], 10 * SEC).await;
+    let r = result_json("ag", "127.0.0.1", "2026-11-25T10:00:00.000Z");
+    publish(a.port, "ping/127.0.0.1", &r, false).await;
+    publish(b.port, "ping/127.0.0.1", &r, false).await;
+    let sentinel = result_json("ag", "127.0.0.1", "2026-11-25T10:01:00.000Z");
+    publish(a.port, "ping/127.0.0.1", &sentinel, false).await;
+    publish(b.port, "ping/127.0.0.1", &sentinel, false).await;
+    es.wait_for_docs(2).await;
+    idx.signal("TERM");
+    assert_eq!(idx.wait(20 * SEC).await.code(), Some(0));
+    assert_eq!(es.docs(INDEX).len(), 2, "one document per result");
+
+    // A second indexer on the same brokers stores nothing twice either.
+    let dir2 = tempfile::tempdir().unwrap();
+    let cfg2 = indexer_config(dir2.path(), &[a.addr()], &[], &es.url());
+    std::fs::write(
+        &cfg2,
+        std::fs::read_to_string(&cfg2)
+            .unwrap()
+            .replace("idx-pipe", "idx-other"),
+    )
+    .unwrap();
+    let mut idx2 = start_indexer(&cfg2);
+    idx2.wait_log(&["subscribed"], 10 * SEC).await;
+    publish(a.port, "ping/127.0.0.1", &r, false).await;
+    idx2.wait_log(&["documents written", "total=1"], 10 * SEC)
+        .await;
+    idx2.signal("TERM");
+    assert_eq!(idx2.wait(20 * SEC).await.code(), Some(0));
+    assert_eq!(
+        es.docs(INDEX).len(),
+        2,
+        "the 409 on create de-duplicates across indexers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_across_an_outage_and_a_crash() {
+    let a = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::Elasticsearch8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = indexer_config(dir.path(), &[a.addr()], &[], &es.url());
+    let mut idx = start_indexer(&cfg);
+    idx.wait_log(&["elasticsearch ready"], 10 * SEC).await;
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
+    es.set_down(true).await;
+    for i in 0..20 {
+        let ts = format!("2026-11-25T10:{i:02}:00.000Z");
+        publish(
+            a.port,
+            "ping/127.0.0.1",
+            &result_json("ag", "127.0.0.1", &ts),
+            false,
+        )
+        .await;
+    }
+    // On disk and acknowledged: the broker will not send them again.
+    idx.wait_log(&["documents written", "total=20"], 10 * SEC)
+        .await;
+    idx.signal("KILL");
+    idx.wait(5 * SEC).await;
+    es.set_down(false).await;
+    // A result that arrives while the indexer is down waits in the broker.
+    publish(
+        a.port,
+        "ping/127.0.0.1",
+        &result_json("ag", "127.0.0.1", "2026-11-25T11:00:00.000Z"),
+        false,
+    )
+    .await;
+    let mut idx = start_indexer(&cfg);
+    es.wait_for_docs(21).await;
+    assert_eq!(es.docs(INDEX).len(), 21);
+    idx.signal("TERM");
+    assert_eq!(idx.wait(20 * SEC).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_documents_go_to_the_dead_letter_file() {
+    let a = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::Elasticsearch8).await;
+    es.fail_items_where(400, |d| d["monitor"]["name"] == "bad.example");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = indexer_config(dir.path(), &[a.addr()], &[], &es.url());
+    let mut idx = start_indexer(&cfg);
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
+    publish(
+        a.port,
+        "ping/bad.example",
+        &result_json("ag", "bad.example", "2026-11-25T10:00:00.000Z"),
+        false,
+    )
+    .await;
+    publish(
+        a.port,
+        "ping/good.example",
+        &result_json("ag", "good.example", "2026-11-25T10:00:00.000Z"),
+        false,
+    )
+    .await;
+    es.wait_for_docs(1).await;
+    idx.signal("TERM");
+    assert_eq!(idx.wait(20 * SEC).await.code(), Some(0));
+    let docs = es.docs(INDEX);
+    assert_eq!(docs.len(), 1);
+    assert!(docs
+        .values()
+        .all(|d| d["monitor"]["name"] == "good.example"));
+    let dead =
+        std::fs::read_to_string(dir.path().join("dead-letter.ndjson")).expect("dead-letter file");
+    let lines: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{dead}");
+    assert_eq!(lines[0]["status"], 400);
+    assert!(lines[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(lines[0]["document"]["monitor"]["name"], "bad.example");
+    // Not retried forever: the daemon stopped cleanly with an empty spool.
+    assert!(!idx
+        .log
+        .iter()
+        .any(|l| l.contains("results kept in the spool")));
+}
