@@ -324,8 +324,13 @@ n=$(echo "$j" | grep -c '"_TRANSPORT":"journal"')
 echo "$j" | grep '"_TRANSPORT":"journal"' | grep -q '"SYSLOG_IDENTIFIER":"swarming-agent"' &&
 	ok "SYSLOG_IDENTIFIER=swarming-agent" ||
 	fail "native entries with SYSLOG_IDENTIFIER=swarming-agent" "$(echo "$j" | grep -o '"SYSLOG_IDENTIFIER":"[^"]*"' | sort | uniq -c | tr '\n' ' ')"
-f=$(echo "$j" | grep -o '"\(TARGET\|BROKER\|AGENT\)":"[^"]*"' | sort -u | head -n 5 | tr '\n' ' ')
-[ -n "$f" ] && ok "structured fields: $f" || fail "a TARGET, BROKER or AGENT field" "none (fields seen: $(echo "$j" | head -n 3 | grep -o '"[A-Z_]*":' | sort -u | tr -d '\n'))"
+# TARGET may hold two values (journal fields can repeat): tracing-journald's
+# own TARGET (the Rust module) and ours (the ping target); JSON shows an array.
+f=$(echo "$j" | grep -o '"TARGET":\(\["[^]]*\]\|"[^"]*"\)' | grep '127\.0\.0\.[12]' | sort -u | head -n 2 | tr '\n' ' ')
+[ -n "$f" ] && ok "structured field TARGET naming a ping target: $f" ||
+	fail "a TARGET field with 127.0.0.1 or 127.0.0.2" "$(echo "$j" | grep -o '"TARGET":\(\["[^]]*\]\|"[^"]*"\)' | sort -u | head -n 5 | tr '\n' ' ')"
+f=$(echo "$j" | grep -o '"\(BROKER\|AGENT\)":"[^"]*"' | sort -u | head -n 4 | tr '\n' ' ')
+[ -n "$f" ] && ok "structured fields: $f" || fail "BROKER or AGENT fields" "none (fields seen: $(echo "$j" | head -n 3 | grep -o '"[A-Z_]*":' | sort -u | tr -d '\n'))"
 st=$(prop swarming-agent StatusText)
 sa=$(CT_TIMEOUT=10 in_ct systemctl status --no-pager -n 0 swarming-agent 2>&1)
 if [ -n "$st" ] && echo "$sa" | grep -qF "Status: \"$st"; then ok "systemctl status shows STATUS=: $st"; else
