@@ -8,12 +8,12 @@
 #   2. enable --now the indexer, edit both yaml files, reload: results arrive
 #      on ping/<target>
 #   3. the agent's journal has native entries with structured fields; the
-#      STATUS= text shows in systemctl status
+#      STATUS= text shows in systemctl status; WATCHDOG=1 keeps coming
 #   4. both run as swarming; CapEff 0x2000 (agent) and 0 (indexer)
 #   5. a bad edit + reload: still active, error in journal and status
 #   6. stop: Result=success, ExecMainStatus=0; reinstall (upgrade path)
 #      restarts; remove keeps conffiles; purge leaves no trace
-#   7. systemd-analyze security: agent <= 2.0, indexer <= 1.5
+#   7. systemd-analyze security: agent <= 2.0, indexer <= 1.5; verify is clean
 #
 # Run as root. Environment:
 #   SWARMING_TEST_CACHE  cache directory (default /var/cache/swarming-system-test)
@@ -283,7 +283,7 @@ expect_active swarming-indexer "after enable --now"
 sh_ct "cat >/etc/swarming/indexer.yaml" <<EOF
 # system test
 brokers: ["127.0.0.1:$port"]
-targets: [127.0.0.1, 127.0.0.2]
+targets: [127.0.0.1, 127.0.0.2, localhost]
 EOF
 sh_ct "cat >/etc/swarming/agent.yaml" <<EOF
 # system test
@@ -311,6 +311,9 @@ if w=$(sub watch 10) && echo "$w" | grep -q '127\.0\.0\.2'; then ok "retained 'w
 	fail "a retained message on 'watch' naming 127.0.0.2" "'${w}' $(cat "$run_dir/sub.err")"; fi
 if r=$(sub ping/127.0.0.2 60) && [ -n "$r" ]; then ok "result on ping/127.0.0.2: $(echo "$r" | head -c 300)"; else
 	fail "a message on ping/127.0.0.2 within 60 s" "'${r}' $(cat "$run_dir/sub.err")"; fi
+# A host name: resolved by glibc inside the sandbox (RestrictAddressFamilies).
+if r=$(sub ping/localhost 30) && [ -n "$r" ]; then ok "result on ping/localhost: $(echo "$r" | head -c 200)"; else
+	fail "a message on ping/localhost within 30 s" "'${r}' $(cat "$run_dir/sub.err")"; fi
 
 # ---------------------------------------------------------------- step 3
 step=3
@@ -337,6 +340,23 @@ if [ -n "$st" ] && echo "$sa" | grep -qF "Status: \"$st"; then ok "systemctl sta
 	fail "systemctl status with a Status: line" "StatusText='$st'"; fi
 st=$(prop swarming-indexer StatusText)
 [ -n "$st" ] && ok "indexer STATUS=: $st" || fail "indexer StatusText" "empty"
+# Watchdog: with a short WatchdogSec (a runtime drop-in, as an admin would
+# tune it) the agent must keep pinging (WATCHDOG=1) and not be killed.
+sh_ct "mkdir -p /run/systemd/system/swarming-agent.service.d &&
+	printf '[Service]\nWatchdogSec=3s\n' >/run/systemd/system/swarming-agent.service.d/watchdog.conf &&
+	systemctl daemon-reload && systemctl restart swarming-agent"
+wait_for 20 active swarming-agent
+w1=$(prop swarming-agent WatchdogTimestampMonotonic); sleep 7
+w2=$(prop swarming-agent WatchdogTimestampMonotonic)
+r=$(prop swarming-agent NRestarts); a=$(CT_TIMEOUT=10 in_ct systemctl is-active swarming-agent)
+if [ "$a" = active ] && [ "$r" = 0 ] && [ "${w1:-0}" != 0 ] && [ "${w2:-0}" -gt "${w1:-0}" ]; then
+	ok "watchdog (WatchdogSec=3s): WATCHDOG=1 keeps coming, no restart"
+else
+	fail "active, NRestarts=0, WatchdogTimestamp advancing with WatchdogSec=3s" \
+		"$a, NRestarts=$r, WatchdogTimestampMonotonic $w1 -> $w2"
+fi
+sh_ct "rm -r /run/systemd/system/swarming-agent.service.d && systemctl daemon-reload && systemctl restart swarming-agent"
+wait_for 20 active swarming-agent
 
 # ---------------------------------------------------------------- step 4
 step=4
@@ -388,6 +408,10 @@ score() {   # UNIT MAX
 }
 score swarming-agent 2.0
 score swarming-indexer 1.5
+# The installed units load cleanly (no man-db in the test root: --man=no).
+v=$(CT_TIMEOUT=60 in_ct systemd-analyze verify --man=no swarming-agent.service swarming-indexer.service 2>&1)
+[ -z "$v" ] && ok "systemd-analyze verify: no complaint about either unit" ||
+	fail "no output from systemd-analyze verify" "$(echo "$v" | head -n 5 | tr '\n' ' ')"
 
 # ---------------------------------------------------------------- step 6
 step=6
