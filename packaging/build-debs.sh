@@ -35,7 +35,6 @@ esac
 need=""
 command -v dh >/dev/null 2>&1 || need="$need debhelper"
 command -v dpkg-buildpackage >/dev/null 2>&1 || need="$need dpkg-dev"
-command -v fakeroot >/dev/null 2>&1 || true   # not needed: Rules-Requires-Root: no
 if [ "$run_lintian" = yes ] && ! command -v lintian >/dev/null 2>&1; then
 	need="$need lintian"
 fi
