@@ -530,6 +530,7 @@ impl crate::daemon::DaemonSettings for AgentSettings {
 
 impl crate::daemon::Service for Agent {
     type Settings = AgentSettings;
+    const WORKER_THREADS: usize = 1;
 
     async fn start(settings: AgentSettings) -> Result<Self, crate::daemon::StartError> {
         use crate::daemon::StartError;

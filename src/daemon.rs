@@ -436,6 +436,9 @@ pub enum StartError {
 /// A running daemon, driven by [`serve`].
 pub trait Service: Sized + Send {
     type Settings: DaemonSettings;
+    /// Runtime worker threads; 1 means a single-threaded runtime (no
+    /// cross-thread wake-ups: the cheapest per probe on a tiny machine).
+    const WORKER_THREADS: usize;
     /// Checks privileges, opens sockets, starts tasks. Ready when it returns.
     fn start(
         settings: Self::Settings,
@@ -528,11 +531,14 @@ pub fn main<S: Service>() -> std::process::ExitCode {
         return ExitCode::from(EXIT_OK);
     }
     let log = init_logging(ident, settings.log(), args.log, args.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = if S::WORKER_THREADS <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(S::WORKER_THREADS);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");

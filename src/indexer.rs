@@ -908,6 +908,7 @@ impl crate::daemon::DaemonSettings for IndexerSettings {
 
 impl crate::daemon::Service for Indexer {
     type Settings = IndexerSettings;
+    const WORKER_THREADS: usize = 2;
 
     async fn start(settings: IndexerSettings) -> Result<Self, crate::daemon::StartError> {
         if crate::daemon::is_root() {

@@ -350,7 +350,10 @@ pub async fn disconnect(client: &AsyncClient, events: &mut Events, within: Durat
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(within, async {
         while let Some(ev) = events.recv().await {
-            if matches!(ev, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) {
+            if matches!(
+                ev,
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+            ) {
                 break;
             }
         }

@@ -276,7 +276,10 @@ async fn failover(name: &str, freeze: bool) {
     } else {
         (&mut b, &mut a)
     };
-    let broken_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let broken_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     if freeze {
         used.freeze();
     } else {
@@ -301,7 +304,10 @@ async fn failover(name: &str, freeze: bool) {
     // The unbroken sequence spans the failure: rounds before it and after.
     let ts: Vec<u64> = seen.iter().map(ts_ms).collect();
     let (first, last) = (ts.iter().min().unwrap(), ts.iter().max().unwrap());
-    assert!(*first < broken_at && *last > broken_at + 2000, "{first} < {broken_at} < {last} - 2000");
+    assert!(
+        *first < broken_at && *last > broken_at + 2000,
+        "{first} < {broken_at} < {last} - 2000"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,7 +46,7 @@ rate=$(awk -v n="$N" -v p="$PERIOD" 'BEGIN {print n / p}')
 echo "$N targets, one echo each every ${PERIOD}s: $rate echoes/s, measured over ${T}s"
 
 # fping: loop mode, one echo per target per period.
-fping -q -l -p $((PERIOD * 1000)) -i 1 -r 0 -f "$work/targets.txt" 2>/dev/null &
+fping -q -l -p $((PERIOD * 1000)) -i 1 -r 0 -f "$work/targets.txt" >/dev/null 2>&1 &
 pids+=($!)
 measure fping $! "$rate"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
@@ -66,6 +66,6 @@ ping: {interval: ${PERIOD}s, count: 1, timeout: 2s}
 limits: {max_targets: $N, max_rate: $((N / PERIOD * 2 + 10)), max_queued: 100000}
 log: {level: warn}
 YAML
-target/release/swarming-agent -c "$work/agent.yaml" --log stderr &
+target/release/swarming-agent -c "$work/agent.yaml" --log stderr 2>/dev/null &
 pids+=($!)
 measure swarming-agent $! "$rate"
