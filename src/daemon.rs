@@ -629,7 +629,7 @@ pub async fn serve<S: Service>(
 }
 
 /// How often `STATUS=` is refreshed.
-const STATUS_PERIOD: Duration = Duration::from_secs(5);
+const STATUS_PERIOD: Duration = Duration::from_secs(2);
 
 fn status_line<S: Service>(service: &S, reload_error: &Option<String>) -> String {
     match reload_error {

@@ -296,3 +296,42 @@ async fn agent_needs_cap_net_raw_and_works_with_it_as_an_ambient_capability() {
     agent.signal("TERM");
     assert_eq!(agent.wait(10 * SEC).await.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_crates_using_the_log_crate_reach_the_same_output() {
+    let a = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("indexer.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "brokers: [\"{}\"]\ntargets: [127.0.0.1]\nstate_dir: {}\n",
+            a.addr(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    // rumqttc logs through `log`; at -vv its debug records show up.
+    let mut idx = Daemon::spawn(
+        INDEXER,
+        &["-vv", "--log", "stderr", "-c", cfg.to_str().unwrap()],
+        &[],
+    );
+    idx.wait_log(&["Publish. Topic = watch"], 10 * SEC).await;
+    idx.signal("TERM");
+    assert_eq!(idx.wait(15 * SEC).await.code(), Some(0));
+    // At the default level, per-packet details stay out of the logs.
+    let mut idx = Daemon::spawn(
+        INDEXER,
+        &["--log", "stderr", "-c", cfg.to_str().unwrap()],
+        &[],
+    );
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
+    idx.signal("TERM");
+    assert_eq!(idx.wait(15 * SEC).await.code(), Some(0));
+    assert!(
+        !idx.log.iter().any(|l| l.contains("Publish. Topic")),
+        "{:#?}",
+        idx.log
+    );
+}

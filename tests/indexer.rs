@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::daemon::Daemon;
+use common::fixtures::{indexer_config, result_json};
 use common::mosquitto::Mosquitto;
 use common::mqtt::{publish, Collector};
 
@@ -13,36 +14,12 @@ const INDEXER: &str = env!("CARGO_BIN_EXE_swarming-indexer");
 const SEC: Duration = Duration::from_secs(1);
 
 fn write_config(dir: &Path, brokers: &[String], targets: &[&str], extra: &str) -> PathBuf {
-    let path = dir.join("indexer.yaml");
-    let brokers: Vec<String> = brokers.iter().map(|b| format!("\"{b}\"")).collect();
-    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    std::fs::write(
-        &path,
-        format!(
-            "name: idx-test\nbrokers: [{}]\nkeepalive: 2s\ntargets: [{}]\nstate_dir: {}\nfile: {{path: {}/results.ndjson}}\n{extra}",
-            brokers.join(", "),
-            targets.join(", "),
-            dir.display(),
-            dir.display()
-        ),
-    )
-    .unwrap();
-    path
+    let file = format!("file: {{path: {}/results.ndjson}}\n{extra}", dir.display());
+    indexer_config(dir, "idx-test", brokers, targets, &file)
 }
 
 fn start(cfg: &Path) -> Daemon {
     Daemon::spawn(INDEXER, &["-v", "-c", cfg.to_str().unwrap()], &[])
-}
-
-/// A result as an agent would publish it.
-fn result_json(agent: &str, target: &str, ts: &str) -> Vec<u8> {
-    serde_json::json!({
-        "agent": agent, "labels": {"provider": "p"}, "target": target, "addr": "127.0.0.1",
-        "timestamp": ts, "interval": 60.0, "sent": 2, "received": 1,
-        "rtt": {"min": 1.0, "avg": 1.0, "max": 1.0, "stddev": 0.0}, "rtts": [1.0, null]
-    })
-    .to_string()
-    .into_bytes()
 }
 
 fn lines(dir: &Path) -> Vec<serde_json::Value> {

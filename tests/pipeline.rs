@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::fake_es::{FakeEs, Flavor};
+use common::fixtures::{indexer_config, result_json};
 use common::mosquitto::Mosquitto;
 use common::mqtt::publish;
 
@@ -16,31 +17,9 @@ const INDEXER: &str = env!("CARGO_BIN_EXE_swarming-indexer");
 const INDEX: &str = "heartbeat-8-swarming";
 const SEC: Duration = Duration::from_secs(1);
 
-fn indexer_config(dir: &Path, brokers: &[String], targets: &[&str], es_url: &str) -> PathBuf {
-    let path = dir.join("indexer.yaml");
-    let brokers: Vec<String> = brokers.iter().map(|b| format!("\"{b}\"")).collect();
-    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    std::fs::write(
-        &path,
-        format!(
-            "name: idx-pipe\nbrokers: [{}]\nkeepalive: 2s\ntargets: [{}]\nstate_dir: {}\nelasticsearch: {{url: \"{es_url}\", flush_interval: 100ms, timeout: 5s}}\n",
-            brokers.join(", "),
-            targets.join(", "),
-            dir.display(),
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn result_json(agent: &str, target: &str, ts: &str) -> Vec<u8> {
-    serde_json::json!({
-        "agent": agent, "labels": {"provider": "p", "location": "Paris"}, "target": target,
-        "addr": "127.0.0.1", "timestamp": ts, "interval": 60.0, "sent": 2, "received": 2,
-        "rtt": {"min": 1.0, "avg": 1.5, "max": 2.0, "stddev": 0.5}, "rtts": [1.0, 2.0]
-    })
-    .to_string()
-    .into_bytes()
+fn es_config(dir: &Path, brokers: &[String], targets: &[&str], es_url: &str) -> PathBuf {
+    let es = format!("elasticsearch: {{url: \"{es_url}\", flush_interval: 100ms, timeout: 5s}}\n");
+    indexer_config(dir, "idx-pipe", brokers, targets, &es)
 }
 
 fn start_indexer(cfg: &Path) -> Daemon {
@@ -53,7 +32,7 @@ async fn real_agent_results_become_uptime_documents() {
     let b = Mosquitto::start().await;
     let es = FakeEs::start(Flavor::Elasticsearch8).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = indexer_config(
+    let cfg = es_config(
         dir.path(),
         &[a.addr(), b.addr()],
         &["127.0.0.1", "::1"],
@@ -112,7 +91,7 @@ async fn a_result_through_two_brokers_is_one_document() {
     let b = Mosquitto::start().await;
     let es = FakeEs::start(Flavor::OpenSearch2).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = indexer_config(dir.path(), &[a.addr(), b.addr()], &[], &es.url());
+    let cfg = es_config(dir.path(), &[a.addr(), b.addr()], &[], &es.url());
     let mut idx = start_indexer(&cfg);
     idx.wait_log(&["subscribed", &a.addr()], 10 * SEC).await;
     idx.wait_log(&["subscribed", &b.addr()], 10 * SEC).await;
@@ -129,7 +108,7 @@ async fn a_result_through_two_brokers_is_one_document() {
 
     // A second indexer on the same brokers stores nothing twice either.
     let dir2 = tempfile::tempdir().unwrap();
-    let cfg2 = indexer_config(dir2.path(), &[a.addr()], &[], &es.url());
+    let cfg2 = es_config(dir2.path(), &[a.addr()], &[], &es.url());
     std::fs::write(
         &cfg2,
         std::fs::read_to_string(&cfg2)
@@ -156,7 +135,7 @@ async fn nothing_is_lost_across_an_outage_and_a_crash() {
     let a = Mosquitto::start().await;
     let es = FakeEs::start(Flavor::Elasticsearch8).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = indexer_config(dir.path(), &[a.addr()], &[], &es.url());
+    let cfg = es_config(dir.path(), &[a.addr()], &[], &es.url());
     let mut idx = start_indexer(&cfg);
     idx.wait_log(&["elasticsearch ready"], 10 * SEC).await;
     idx.wait_log(&["subscribed"], 10 * SEC).await;
@@ -198,7 +177,7 @@ async fn refused_documents_go_to_the_dead_letter_file() {
     let es = FakeEs::start(Flavor::Elasticsearch8).await;
     es.fail_items_where(400, |d| d["monitor"]["name"] == "bad.example");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = indexer_config(dir.path(), &[a.addr()], &[], &es.url());
+    let cfg = es_config(dir.path(), &[a.addr()], &[], &es.url());
     let mut idx = start_indexer(&cfg);
     idx.wait_log(&["subscribed"], 10 * SEC).await;
     publish(

@@ -5,5 +5,6 @@
 
 pub mod daemon;
 pub mod fake_es;
+pub mod fixtures;
 pub mod mosquitto;
 pub mod mqtt;

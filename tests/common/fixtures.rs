@@ -1,0 +1,40 @@
+//! Configuration files and payloads the tests share.
+
+use std::path::{Path, PathBuf};
+
+/// Writes `DIR/indexer.yaml` for `brokers` and `targets`, with its state in
+/// DIR and `outputs` (YAML lines: `file:` and/or `elasticsearch:`) appended.
+pub fn indexer_config(
+    dir: &Path,
+    name: &str,
+    brokers: &[String],
+    targets: &[&str],
+    outputs: &str,
+) -> PathBuf {
+    let path = dir.join("indexer.yaml");
+    let quoted = |v: &mut dyn Iterator<Item = &str>| {
+        v.map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")
+    };
+    std::fs::write(
+        &path,
+        format!(
+            "name: {name}\nbrokers: [{}]\nkeepalive: 2s\ntargets: [{}]\nstate_dir: {}\n{outputs}",
+            quoted(&mut brokers.iter().map(String::as_str)),
+            quoted(&mut targets.iter().copied()),
+            dir.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A result as an agent would publish it.
+pub fn result_json(agent: &str, target: &str, ts: &str) -> Vec<u8> {
+    serde_json::json!({
+        "agent": agent, "labels": {"provider": "p", "location": "Paris"}, "target": target,
+        "addr": "127.0.0.1", "timestamp": ts, "interval": 60.0, "sent": 2, "received": 2,
+        "rtt": {"min": 1.0, "avg": 1.5, "max": 2.0, "stddev": 0.5}, "rtts": [1.0, 2.0]
+    })
+    .to_string()
+    .into_bytes()
+}
