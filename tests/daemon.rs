@@ -187,6 +187,33 @@ async fn indexer_notifies_reloads_and_stops_like_a_service() {
     notify.expect(&["RELOADING=1"], 5 * SEC).await;
     let after = notify.expect(&["READY=1"], 5 * SEC).await;
     assert!(!after.contains("reload failed"), "{after}");
+
+    // A second broker: only its session opens; the first one stays.
+    let b = Mosquitto::start().await;
+    let two = format!("brokers: [\"{}\", \"{}\"]", a.addr(), b.addr());
+    let one = format!("brokers: [\"{}\"]", a.addr());
+    std::fs::write(&cfg, yaml("127.0.0.2").replace(&one, &two)).unwrap();
+    idx.signal("HUP");
+    idx.wait_log(&["configuration reloaded", "brokers"], 5 * SEC)
+        .await;
+    idx.wait_log(&["subscribed", &b.addr()], 10 * SEC).await;
+    let opened = |l: &String| l.contains("opening session") && l.contains(&b.addr());
+    assert!(idx.log.iter().any(opened));
+    assert!(
+        !idx.log.iter().any(|l| l.contains("closing session")),
+        "the unchanged session was closed"
+    );
+    let a_connects = idx
+        .log
+        .iter()
+        .filter(|l| l.contains("connected to broker") && l.contains(&a.addr()));
+    assert_eq!(a_connects.count(), 1, "the unchanged session reconnected");
+    let mut on_b = Collector::new(&[b.port], &["watch"]).await;
+    let w = on_b
+        .next_matching(5 * SEC, |_| true)
+        .await
+        .expect("watch on the new broker");
+    assert_eq!(w.json()["targets"], serde_json::json!(["127.0.0.2"]));
     let mut sub = Collector::new(&[a.port], &["watch"]).await;
     let w = sub.next_matching(5 * SEC, |_| true).await.expect("watch");
     assert_eq!(w.json()["targets"], serde_json::json!(["127.0.0.2"]));

@@ -153,20 +153,28 @@ async fn nothing_is_lost_across_an_outage_and_a_crash() {
     // On disk and acknowledged: the broker will not send them again.
     idx.wait_log(&["documents written", "total=20"], 10 * SEC)
         .await;
+    // SIGTERM with Elasticsearch still down: a bounded drain, then the
+    // rest stays in the spool.
+    idx.signal("TERM");
+    assert_eq!(idx.wait(30 * SEC).await.code(), Some(0));
+    idx.wait_log(&["results kept in the spool", "pending=20"], SEC)
+        .await;
+    // Restart, still down, one more result, then a crash.
+    let mut idx = start_indexer(&cfg);
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
+    let late = result_json("ag", "127.0.0.1", "2026-11-25T10:30:00.000Z");
+    publish(a.port, "ping/127.0.0.1", &late, false).await;
+    idx.wait_log(&["documents written", "total=1"], 10 * SEC)
+        .await;
     idx.signal("KILL");
     idx.wait(5 * SEC).await;
     es.set_down(false).await;
     // A result that arrives while the indexer is down waits in the broker.
-    publish(
-        a.port,
-        "ping/127.0.0.1",
-        &result_json("ag", "127.0.0.1", "2026-11-25T11:00:00.000Z"),
-        false,
-    )
-    .await;
+    let last = result_json("ag", "127.0.0.1", "2026-11-25T11:00:00.000Z");
+    publish(a.port, "ping/127.0.0.1", &last, false).await;
     let mut idx = start_indexer(&cfg);
-    es.wait_for_docs(21).await;
-    assert_eq!(es.docs(INDEX).len(), 21);
+    es.wait_for_docs(22).await;
+    assert_eq!(es.docs(INDEX).len(), 22);
     idx.signal("TERM");
     assert_eq!(idx.wait(20 * SEC).await.code(), Some(0));
 }
