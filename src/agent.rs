@@ -590,3 +590,42 @@ impl crate::daemon::Service for Agent {
         Agent::shutdown(self).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_of_many_targets_are_spread_over_the_interval() {
+        let interval = 60_000;
+        let mut buckets = [0u32; 10];
+        for i in 0..1000 {
+            let t: Target = format!("10.0.{}.{}", i / 250, i % 250 + 1).parse().unwrap();
+            let off = offset_ms("probe-1", &t, interval);
+            assert!(off < interval);
+            buckets[(off * 10 / interval) as usize] += 1;
+        }
+        // 100 per bucket on average; never a pile-up.
+        assert!(
+            buckets.iter().all(|&n| (50..=150).contains(&n)),
+            "{buckets:?}"
+        );
+    }
+
+    #[test]
+    fn agents_do_not_hit_a_target_at_the_same_moment() {
+        let t: Target = "example.com".parse().unwrap();
+        let offsets: std::collections::HashSet<u64> = (0..20)
+            .map(|i| offset_ms(&format!("probe-{i}"), &t, 60_000))
+            .collect();
+        assert!(offsets.len() >= 18, "{offsets:?}");
+    }
+
+    #[test]
+    fn slots_are_one_interval_apart_and_strictly_after() {
+        assert_eq!(next_slot(10_000, 1000, 250), 10_250);
+        assert_eq!(next_slot(10_250, 1000, 250), 11_250);
+        assert_eq!(next_slot(10_249, 1000, 250), 10_250);
+        assert_eq!(next_slot(0, 60_000, 0), 60_000);
+    }
+}

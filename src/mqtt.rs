@@ -500,7 +500,8 @@ async fn agent_session(
                 }
                 if *config.borrow() != *cfg {
                     requeue(inflight);
-                    let _ = client.try_disconnect();
+                    // A clean DISCONNECT: no "lost" will for a planned change.
+                    disconnect(&client, &mut events, Duration::from_millis(500)).await;
                     return SessionEnd::Reconfigured;
                 }
             }

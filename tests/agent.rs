@@ -245,6 +245,21 @@ async fn malformed_and_oversized_watch_messages_are_ignored() {
         .wait_log(&["watch message ignored", "exceeds"], 5 * SEC)
         .await;
 
+    // A list longer than limits.max_targets (10) is cut, and said so.
+    let many: Vec<String> = (1..=12).map(|i| format!("127.0.0.{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    watch(broker.port, &many).await;
+    agent
+        .wait_log(&["longer than limits.max_targets", "listed=12"], 5 * SEC)
+        .await;
+    agent
+        .wait_log(&["target list applied", "targets=10"], 5 * SEC)
+        .await;
+    watch(broker.port, &["127.0.0.1"]).await;
+    agent
+        .wait_log(&["target list applied", "targets=1 "], 5 * SEC)
+        .await;
+
     // Still connected to the same broker and still pinging the old list.
     sub.next_matching(5 * SEC, |m| m.topic == "ping/127.0.0.1")
         .await
