@@ -164,14 +164,12 @@ pub fn choose_sink(target: LogTarget, stderr_journal: bool, stderr_tty: bool) ->
     match target {
         LogTarget::Journald => LogSink::Journald,
         LogTarget::Syslog => LogSink::Syslog,
-        LogTarget::Stderr | LogTarget::Auto if !(stderr_journal && target == LogTarget::Auto) => {
-            LogSink::Stderr {
-                ansi: stderr_tty,
-                // The journal stamps lines itself.
-                timestamps: !stderr_journal,
-            }
-        }
-        _ => LogSink::Journald,
+        LogTarget::Auto if stderr_journal => LogSink::Journald,
+        LogTarget::Auto | LogTarget::Stderr => LogSink::Stderr {
+            ansi: stderr_tty,
+            // The journal stamps lines itself.
+            timestamps: !stderr_journal,
+        },
     }
 }
 
