@@ -666,6 +666,20 @@ impl IndexerSettings {
                 targets.push(t);
             }
         }
+        // Agents refuse a `watch` payload over MAX_WATCH_BYTES: say so now,
+        // not when every agent ignores the list.
+        let watch_bytes: usize = targets.iter().map(|t| t.as_str().len() + 3).sum::<usize>() + 64;
+        if watch_bytes > crate::protocol::MAX_WATCH_BYTES {
+            return Err(ConfigError::invalid(
+                file,
+                "targets",
+                format!(
+                    "{} targets make a watch message of about {watch_bytes} bytes, over the {}-byte limit agents accept",
+                    targets.len(),
+                    crate::protocol::MAX_WATCH_BYTES
+                ),
+            ));
+        }
         let elasticsearch = raw
             .elasticsearch
             .map(|es| validate_es(file, es))
@@ -913,6 +927,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(": targets[1]: "), "{e}");
+        let long = "a".repeat(200);
+        let many: Vec<String> = (0..6_000)
+            .map(|i| format!("{long}-{i}.example.net"))
+            .collect();
+        let e = IndexerSettings::from_str(f, &format!("targets: [{}]\n", many.join(", ")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(": targets: ") && e.contains("limit"), "{e}");
         let e = IndexerSettings::from_str(f, "elasticsearch: {url: es:9200}\n")
             .unwrap_err()
             .to_string();
