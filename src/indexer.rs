@@ -140,8 +140,8 @@ impl Intake {
     async fn accept(&self, client: &AsyncClient, p: Publish, broker: &Broker) {
         let now = SystemTime::now();
         let doc = if p.payload.len() > protocol::MAX_RESULT_BYTES {
-            self.stats.oversized.fetch_add(1, Ordering::Relaxed);
             self.reject(
+                &self.stats.oversized,
                 broker,
                 &p.topic,
                 &format!(
@@ -154,7 +154,12 @@ impl Intake {
         } else if let Some(target) = p.topic.strip_prefix(protocol::PING_PREFIX) {
             match serde_json::from_slice::<PingResult>(&p.payload) {
                 Ok(r) if r.target != target => {
-                    self.reject(broker, &p.topic, "target field differs from the topic");
+                    self.reject(
+                        &self.stats.malformed,
+                        broker,
+                        &p.topic,
+                        "target field differs from the topic",
+                    );
                     None
                 }
                 Ok(r) => match BulkDoc::from_result(&r) {
@@ -170,12 +175,12 @@ impl Intake {
                         Some(doc)
                     }
                     Err(e) => {
-                        self.reject(broker, &p.topic, &e.to_string());
+                        self.reject(&self.stats.malformed, broker, &p.topic, &e.to_string());
                         None
                     }
                 },
                 Err(e) => {
-                    self.reject(broker, &p.topic, &e.to_string());
+                    self.reject(&self.stats.malformed, broker, &p.topic, &e.to_string());
                     None
                 }
             }
@@ -193,7 +198,7 @@ impl Intake {
                     Some(BulkDoc::from_rip(&rip, now))
                 }
                 Err(e) => {
-                    self.reject(broker, &p.topic, &e.to_string());
+                    self.reject(&self.stats.malformed, broker, &p.topic, &e.to_string());
                     None
                 }
             }
@@ -220,14 +225,13 @@ impl Intake {
         }
     }
 
-    fn reject(&self, broker: &Broker, topic: &str, why: &str) {
+    /// Counts a skipped message in `counter` and logs it (rate limited).
+    fn reject(&self, counter: &AtomicU64, broker: &Broker, topic: &str, why: &str) {
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.bad_log.hit() {
             let total = self.stats.malformed.load(Ordering::Relaxed)
                 + self.stats.oversized.load(Ordering::Relaxed);
             tracing::warn!(broker = %broker, topic = %topic.escape_debug(), reason = %why, total_bad = total, suppressed, "message skipped");
-        }
-        if !why.contains("limit") {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
