@@ -44,7 +44,8 @@ pub struct IndexerStats {
     pub already_stored: AtomicU64,
     /// Documents refused for good (dead-letter file).
     pub dead: AtomicU64,
-    /// Documents written to the file output.
+    /// Documents made durable (spool and/or file output), duplicates not
+    /// counted.
     pub written: AtomicU64,
     /// Brokers currently connected.
     pub brokers_up: AtomicUsize,
@@ -358,30 +359,36 @@ struct Writer {
 }
 
 impl Writer {
-    fn is_new(&mut self, id: &str) -> bool {
-        if self.recent.contains(id) {
-            return false;
-        }
+    fn seen(&self, id: &str) -> bool {
+        self.recent.contains(id)
+    }
+
+    /// Remembers ids once they are durable (never before: a failed write
+    /// must not turn the redelivered copy into a "duplicate").
+    fn remember(&mut self, id: String) {
         if self.recent_order.len() >= RECENT_IDS {
             if let Some(old) = self.recent_order.pop_front() {
                 self.recent.remove(&old);
             }
         }
-        self.recent.insert(id.to_owned());
-        self.recent_order.push_back(id.to_owned());
-        true
+        self.recent.insert(id.clone());
+        self.recent_order.push_back(id);
     }
 
     async fn write(&mut self, batch: Vec<Item>) {
+        let mut ids = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
         let mut lines = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
+        let mut in_batch = HashSet::new();
         for item in batch {
-            if self.is_new(item.doc.id()) {
-                records.push(format!("{}\n{}", item.doc.id(), item.doc.source()));
-                lines.push(item.doc.source().to_owned());
-            } else {
+            let id = item.doc.id();
+            if self.seen(id) || !in_batch.insert(id.to_owned()) {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            } else {
+                ids.push(id.to_owned());
+                records.push(format!("{id}\n{}", item.doc.source()));
+                lines.push(item.doc.source().to_owned());
             }
             acks.extend(item.ack);
         }
@@ -400,17 +407,18 @@ impl Writer {
                 }
             }
             if let Some(file) = &mut self.file {
-                let n = lines.len() as u64;
                 if let Err(e) = file.write(&lines).and_then(|_| file.sync()) {
                     tracing::error!(error = %e, "cannot write the file output: results left unacknowledged");
                     return;
                 }
-                self.stats.written.fetch_add(n, Ordering::Relaxed);
             }
         }
-        let total = self.stats.received.load(Ordering::Relaxed)
-            - self.stats.duplicates.load(Ordering::Relaxed);
-        tracing::debug!(batch = lines.len(), total, "documents written");
+        let n = ids.len() as u64;
+        for id in ids {
+            self.remember(id);
+        }
+        let total = self.stats.written.fetch_add(n, Ordering::Relaxed) + n;
+        tracing::debug!(batch = n, total, "documents written");
         for (client, publish) in acks {
             if let Err(e) = client.ack(&publish).await {
                 tracing::debug!(error = %e, "cannot acknowledge (session gone; the broker will redeliver)");
@@ -535,9 +543,17 @@ async fn run_es(
             let docs: Vec<BulkDoc> = records
                 .iter()
                 .filter_map(|(_, rec)| {
-                    let text = std::str::from_utf8(rec).ok()?;
-                    let (id, source) = text.split_once('\n')?;
-                    BulkDoc::from_json(id, source).ok()
+                    let doc = std::str::from_utf8(rec)
+                        .ok()
+                        .and_then(|text| text.split_once('\n'))
+                        .and_then(|(id, source)| BulkDoc::from_json(id, source).ok());
+                    if doc.is_none() {
+                        // The spool checks every record's CRC: this is a
+                        // record we did not write. Skip it, loudly.
+                        stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(bytes = rec.len(), "unreadable spool record skipped");
+                    }
+                    doc
                 })
                 .collect();
             match client.deliver(docs, &mut dead, &stop).await {
