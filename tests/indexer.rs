@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::daemon::Daemon;
-use common::fixtures::{indexer_config, result_json};
+use common::fixtures::{indexer_config, publish_results, result_json};
 use common::mosquitto::Mosquitto;
 use common::mqtt::{publish, Collector};
 
@@ -187,16 +187,7 @@ async fn results_published_while_the_indexer_is_away_are_delivered_later() {
     idx.signal("TERM");
     assert_eq!(idx.wait(15 * SEC).await.code(), Some(0));
     // The persistent session queues QoS 1 messages for the absent indexer.
-    for i in 0..5 {
-        let ts = format!("2026-11-25T10:0{i}:00.000Z");
-        publish(
-            a.port,
-            "ping/127.0.0.1",
-            &result_json("ag", "127.0.0.1", &ts),
-            false,
-        )
-        .await;
-    }
+    publish_results(a.port, "ag", "127.0.0.1", 5).await;
     publish(
         a.port,
         "rip/agent/ag",

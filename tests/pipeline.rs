@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::fake_es::{FakeEs, Flavor};
-use common::fixtures::{indexer_config, result_json};
+use common::fixtures::{indexer_config, publish_results, result_json};
 use common::mosquitto::Mosquitto;
 use common::mqtt::publish;
 
@@ -140,16 +140,7 @@ async fn nothing_is_lost_across_an_outage_and_a_crash() {
     idx.wait_log(&["elasticsearch ready"], 10 * SEC).await;
     idx.wait_log(&["subscribed"], 10 * SEC).await;
     es.set_down(true).await;
-    for i in 0..20 {
-        let ts = format!("2026-11-25T10:{i:02}:00.000Z");
-        publish(
-            a.port,
-            "ping/127.0.0.1",
-            &result_json("ag", "127.0.0.1", &ts),
-            false,
-        )
-        .await;
-    }
+    publish_results(a.port, "ag", "127.0.0.1", 20).await;
     // On disk and acknowledged: the broker will not send them again.
     idx.wait_log(&["documents written", "total=20"], 10 * SEC)
         .await;

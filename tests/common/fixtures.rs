@@ -38,3 +38,18 @@ pub fn result_json(agent: &str, target: &str, ts: &str) -> Vec<u8> {
     .to_string()
     .into_bytes()
 }
+
+/// Publishes `n` results of `agent` for `target`, one minute apart from
+/// 10:00 on 2026-11-25, each acknowledged by the broker.
+pub async fn publish_results(port: u16, agent: &str, target: &str, n: u32) {
+    for i in 0..n {
+        let ts = format!("2026-11-25T{:02}:{:02}:00.000Z", 10 + i / 60, i % 60);
+        super::mqtt::publish(
+            port,
+            &format!("ping/{target}"),
+            &result_json(agent, target, &ts),
+            false,
+        )
+        .await;
+    }
+}
