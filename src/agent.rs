@@ -251,8 +251,8 @@ async fn run_target(shared: Arc<Shared>, target: Target, stop: CancellationToken
 }
 
 /// Parses a `watch` payload and applies it; malformed ones are counted,
-/// logged and ignored (the previous list stays).
-pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStats) {
+/// logged and ignored (the previous list stays). True when applied.
+pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStats) -> bool {
     match WatchList::parse(payload) {
         Ok(parsed) => {
             for (text, why) in &parsed.rejected {
@@ -265,10 +265,12 @@ pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStat
                 "watch list received"
             );
             scheduler.apply(parsed.targets);
+            true
         }
         Err(e) => {
             let n = stats.watch_rejected.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(error = %e, rejected_total = n, "watch message ignored; keeping the previous list");
+            false
         }
     }
 }
@@ -377,8 +379,11 @@ impl Agent {
                         if last_watch.as_deref() == Some(payload.as_slice()) {
                             continue;
                         }
-                        handle_watch(&payload, &mut scheduler, &main_stats);
-                        last_watch = Some(payload);
+                        // Only an applied list is kept: a limit change
+                        // re-applies it.
+                        if handle_watch(&payload, &mut scheduler, &main_stats) {
+                            last_watch = Some(payload);
+                        }
                         targets_tx.send_replace(scheduler.len());
                     }
                     changed = max_targets_rx.changed() => {
