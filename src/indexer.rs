@@ -171,6 +171,15 @@ impl Intake {
                             interval: r.interval,
                             last_rip: None,
                         });
+                        // First result, or first since a notice: say so
+                        // once, not per result.
+                        let back = seen.last_result.is_none()
+                            || seen
+                                .last_rip
+                                .is_some_and(|(_, at)| Some(at) >= seen.last_result);
+                        if back {
+                            tracing::info!(agent = %r.agent, broker = %broker, "agent is sending results");
+                        }
                         seen.last_result = Some(now);
                         seen.interval = r.interval;
                         Some(doc)

@@ -116,6 +116,12 @@ async fn a_result_published_on_two_brokers_is_written_once() {
     wait_written(&mut idx, 2).await;
     let docs = lines(dir.path());
     assert_eq!(docs.len(), 2, "one document per result: {docs:#?}");
+    // The indexer tracks agents: a newcomer is said once, not per result.
+    let news = idx
+        .log
+        .iter()
+        .filter(|l| l.contains("agent is sending results") && l.contains("ag1"));
+    assert_eq!(news.count(), 1);
     let d = &docs[0];
     assert_eq!(d["monitor"]["type"], "icmp");
     assert_eq!(d["monitor"]["status"], "up");
