@@ -19,6 +19,8 @@
 #   SWARMING_TEST_CACHE  cache directory (default /var/cache/swarming-system-test)
 #   SWARMING_TEST_DEBS   directory holding already built .debs (skips the build)
 #   SWARMING_TEST_KEEP=1 keep the run's root directory for inspection
+#   SWARMING_TEST_MIRROR  Debian mirror for debootstrap (default: the first
+#                        .../debian URI of this machine's apt sources)
 #   SWARMING_TEST_NETWORK=private (default: the container gets its own network
 #                        namespace with only loopback, so nothing on the host,
 #                        such as another broker on port 1883, can interfere)
@@ -29,7 +31,15 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cache=${SWARMING_TEST_CACHE:-/var/cache/swarming-system-test}
 network=${SWARMING_TEST_NETWORK:-private}
 suite=bookworm
-mirror=http://deb.debian.org/debian
+# The Debian mirror this machine's apt already uses (SWARMING_TEST_MIRROR
+# overrides): the first `.../debian` URI of its sources.
+mirror=${SWARMING_TEST_MIRROR:-$(grep -hoE 'https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list \
+	/etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1 | tr -d ' ')}
+mirror=${mirror%/}
+if [ -z "$mirror" ]; then
+	echo "system-test: no Debian mirror in /etc/apt/sources.list*; set SWARMING_TEST_MIRROR" >&2
+	exit 1
+fi
 include=systemd,systemd-sysv,dbus,procps,ca-certificates
 # Downloaded into the cached root's apt cache, installed offline by the test.
 extra_debs="mosquitto mosquitto-clients"
