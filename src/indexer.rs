@@ -102,6 +102,15 @@ pub struct AgentSeen {
 }
 
 impl AgentSeen {
+    /// An agent known by name only; `interval` is set by its first result.
+    fn unseen() -> Self {
+        AgentSeen {
+            last_result: None,
+            interval: 60.0,
+            last_rip: None,
+        }
+    }
+
     /// Alive: a result within three intervals, and no notice since.
     pub fn alive(&self, now: SystemTime) -> bool {
         let Some(last) = self.last_result else {
@@ -122,7 +131,7 @@ impl AgentSeen {
 struct Item {
     doc: BulkDoc,
     /// The PUBACK to send once the document is durable.
-    ack: Option<(AsyncClient, Publish)>,
+    ack: (AsyncClient, Publish),
 }
 
 /// State shared by the sessions.
@@ -166,11 +175,9 @@ impl Intake {
                 Ok(r) => match BulkDoc::from_result(&r) {
                     Ok(doc) => {
                         let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-                        let seen = agents.entry(r.agent.clone()).or_insert(AgentSeen {
-                            last_result: None,
-                            interval: r.interval,
-                            last_rip: None,
-                        });
+                        let seen = agents
+                            .entry(r.agent.clone())
+                            .or_insert_with(AgentSeen::unseen);
                         // First result, or first since a notice: say so
                         // once, not per result.
                         let back = seen.last_result.is_none()
@@ -199,11 +206,9 @@ impl Intake {
                 Ok(rip) => {
                     tracing::info!(agent = %rip.agent, reason = ?rip.reason, broker = %broker, "agent notice");
                     let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-                    let seen = agents.entry(rip.agent.clone()).or_insert(AgentSeen {
-                        last_result: None,
-                        interval: 60.0,
-                        last_rip: None,
-                    });
+                    let seen = agents
+                        .entry(rip.agent.clone())
+                        .or_insert_with(AgentSeen::unseen);
                     seen.last_rip = Some((rip.reason, now));
                     Some(BulkDoc::from_rip(&rip, now))
                 }
@@ -220,7 +225,7 @@ impl Intake {
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
                 let item = Item {
                     doc,
-                    ack: Some((client.clone(), p)),
+                    ack: (client.clone(), p),
                 };
                 if self.tx.send(item).await.is_err() {
                     tracing::debug!("writer gone: message left unacknowledged");
@@ -399,7 +404,7 @@ impl Writer {
                 records.push(format!("{id}\n{}", item.doc.source()));
                 lines.push(item.doc.source().to_owned());
             }
-            acks.extend(item.ack);
+            acks.push(item.ack);
         }
         if !records.is_empty() {
             if let Some(spool) = &self.spool {
@@ -514,8 +519,14 @@ async fn run_es(
             }
         }
         loop {
-            let pending = spool.stats().await.map(|s| s.pending).unwrap_or(0);
-            if pending == 0 {
+            let records = match spool.read(settings.batch_size, settings.batch_bytes).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the spool");
+                    return;
+                }
+            };
+            let Some((last, _)) = records.last() else {
                 if drain.is_cancelled() {
                     return;
                 }
@@ -530,22 +541,11 @@ async fn run_es(
                     _ = stop.cancelled() => return,
                 }
                 // Give the batch a moment to fill, unless stopping.
-                if !drain.is_cancelled() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(settings.flush_interval) => {}
-                        _ = drain.cancelled() => {}
-                        _ = stop.cancelled() => return,
-                    }
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.flush_interval) => {}
+                    _ = drain.cancelled() => {}
+                    _ = stop.cancelled() => return,
                 }
-            }
-            let records = match spool.read(settings.batch_size, settings.batch_bytes).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the spool");
-                    return;
-                }
-            };
-            let Some((last, _)) = records.last() else {
                 continue;
             };
             let last = *last;
@@ -596,7 +596,6 @@ async fn run_es(
 pub struct IndexerView {
     pub stats: Arc<IndexerStats>,
     pub es: watch::Receiver<EsState>,
-    pub spool: Option<SharedSpool>,
     pub heartbeat: Arc<AtomicU64>,
     intake: Arc<Intake>,
 }
@@ -623,7 +622,7 @@ pub struct Indexer {
     watch_tx: watch::Sender<Arc<Vec<u8>>>,
     sessions: HashMap<Broker, Session>,
     session_tasks: TaskTracker,
-    writer: Option<tokio::task::JoinHandle<()>>,
+    writer: tokio::task::JoinHandle<()>,
     es_task: Option<(
         tokio::task::JoinHandle<()>,
         CancellationToken,
@@ -685,7 +684,6 @@ impl Indexer {
             view: IndexerView {
                 stats,
                 es: es_rx,
-                spool: spool.clone(),
                 heartbeat,
                 intake: intake.clone(),
             },
@@ -694,7 +692,7 @@ impl Indexer {
             watch_tx,
             sessions: HashMap::new(),
             session_tasks: TaskTracker::new(),
-            writer: Some(writer),
+            writer,
             es_task: None,
             es_state,
             spool,
@@ -846,19 +844,18 @@ impl Indexer {
         }
         self.session_tasks.close();
         self.session_tasks.wait().await;
-        // Sessions hold the intake; dropping ours closes the writer's queue.
-        drop(self.view);
+        // The sessions are gone; dropping the last holders of the intake
+        // closes the writer's queue, and the writer finishes what it holds.
         let Indexer {
             intake,
+            view,
             writer,
             es_task,
             spool,
             ..
         } = self;
-        drop(intake);
-        if let Some(w) = writer {
-            let _ = w.await;
-        }
+        drop((intake, view));
+        let _ = writer.await;
         if let Some((mut task, drain, stop)) = es_task {
             drain.cancel();
             if tokio::time::timeout(DRAIN_TIMEOUT, &mut task)
