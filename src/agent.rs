@@ -424,11 +424,6 @@ impl Agent {
 }
 
 impl Agent {
-    /// The settings in force.
-    pub fn settings(&self) -> &AgentSettings {
-        &self.settings
-    }
-
     /// Applies new (validated) settings; returns what changed. Brokers,
     /// name and keepalive reconnect; ping settings apply from each target's
     /// next round; limits at once.
@@ -440,11 +435,12 @@ impl Agent {
                 name: new.name.clone(),
                 labels: new.labels.clone(),
             });
-            changed.push(if new.name != old.name {
-                "name"
-            } else {
-                "labels"
-            });
+            if new.name != old.name {
+                changed.push("name");
+            }
+            if new.labels != old.labels {
+                changed.push("labels");
+            }
         }
         if new.ping != old.ping {
             self.ping_tx.send_replace(new.ping);

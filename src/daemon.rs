@@ -65,9 +65,7 @@ impl Signals {
 /// Sends states to the service manager; a no-op without `NOTIFY_SOCKET`,
 /// and a failure is logged, never fatal.
 fn notify(states: &[NotifyState]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
+    // sd_notify::notify itself does nothing without NOTIFY_SOCKET.
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "sd_notify failed");
     }

@@ -611,16 +611,13 @@ impl IndexerView {
     }
 }
 
-struct Session {
-    cancel: CancellationToken,
-}
-
 /// A running indexer.
 pub struct Indexer {
     settings: IndexerSettings,
     intake: Arc<Intake>,
     watch_tx: watch::Sender<Arc<Vec<u8>>>,
-    sessions: HashMap<Broker, Session>,
+    /// Running broker sessions, each stopped by its token.
+    sessions: HashMap<Broker, CancellationToken>,
     session_tasks: TaskTracker,
     writer: tokio::task::JoinHandle<()>,
     es_task: Option<(
@@ -729,7 +726,7 @@ impl Indexer {
             self.watch_tx.subscribe(),
             cancel.clone(),
         ));
-        self.sessions.insert(broker, Session { cancel });
+        self.sessions.insert(broker, cancel);
     }
 
     fn start_es(&mut self) -> anyhow::Result<()> {
@@ -781,9 +778,9 @@ impl Indexer {
             .cloned()
             .collect();
         for b in &closing {
-            if let Some(s) = self.sessions.remove(b) {
+            if let Some(cancel) = self.sessions.remove(b) {
                 tracing::info!(broker = %b, "closing session");
-                s.cancel.cancel();
+                cancel.cancel();
             }
         }
         self.settings.name = new.name.clone();
@@ -839,8 +836,8 @@ impl Indexer {
     /// Elasticsearch [`DRAIN_TIMEOUT`] to take the spool; the rest stays on
     /// disk for the next start.
     pub async fn shutdown(mut self) {
-        for (_, s) in self.sessions.drain() {
-            s.cancel.cancel();
+        for (_, cancel) in self.sessions.drain() {
+            cancel.cancel();
         }
         self.session_tasks.close();
         self.session_tasks.wait().await;

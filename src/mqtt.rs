@@ -2,7 +2,7 @@
 //! the bounded outbox that makes failover lossless, and reconnect backoff.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ pub struct Message {
 /// dropped and counted: fresh results matter more than old ones.
 pub struct Outbox {
     inner: Mutex<VecDeque<Message>>,
-    capacity: AtomicU64,
+    capacity: AtomicUsize,
     dropped: AtomicU64,
     notify: Notify,
 }
@@ -45,7 +45,7 @@ impl Outbox {
     pub fn new(capacity: usize) -> Self {
         Outbox {
             inner: Mutex::new(VecDeque::new()),
-            capacity: AtomicU64::new(capacity as u64),
+            capacity: AtomicUsize::new(capacity),
             dropped: AtomicU64::new(0),
             notify: Notify::new(),
         }
@@ -57,11 +57,11 @@ impl Outbox {
     }
 
     pub fn set_capacity(&self, capacity: usize) {
-        self.capacity.store(capacity as u64, Ordering::Relaxed);
+        self.capacity.store(capacity, Ordering::Relaxed);
     }
 
     fn trim(&self, q: &mut VecDeque<Message>) {
-        let cap = self.capacity.load(Ordering::Relaxed) as usize;
+        let cap = self.capacity.load(Ordering::Relaxed);
         let mut dropped = 0;
         while q.len() > cap {
             q.pop_front();
