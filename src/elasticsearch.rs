@@ -19,7 +19,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
@@ -374,13 +373,7 @@ impl RetryPolicy {
     /// Delay before retry number `attempt` (0-based): `initial * 2^attempt`
     /// capped at `max`, with jitter taking it down to half that.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        let base = self.initial.saturating_mul(factor).min(self.max);
-        let nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
-        if nanos < 2 {
-            return base;
-        }
-        Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
+        crate::backoff::delay(self.initial, self.max, attempt)
     }
 }
 

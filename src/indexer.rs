@@ -13,10 +13,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
 use crate::config::{Broker, EsSettings, FileSettings, IndexerSettings};
 use crate::elasticsearch::{BulkDoc, DeadLetter, EsClient, EsError};
 use crate::file_output::FileOutput;
-use crate::mqtt::{self, Backoff};
+use crate::mqtt;
 use crate::protocol::{self, PingResult, Rip, RipReason, Target, WatchList};
 use crate::spool::SharedSpool;
 

@@ -4,6 +4,7 @@
 //! collect them from every broker and store them in Elasticsearch.
 
 pub mod agent;
+pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod document;

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::Broker;
 use crate::protocol::{self, Rip, RipReason};
 
@@ -124,37 +124,6 @@ impl Outbox {
     /// happened since the last call).
     pub async fn notified(&self) {
         self.notify.notified().await;
-    }
-}
-
-/// Exponential backoff with full jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            current: base,
-        }
-    }
-
-    /// The next delay: uniformly random in [current/2, current], then
-    /// doubles (up to `max`).
-    pub fn next_delay(&mut self) -> Duration {
-        let cur = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let lo = cur / 2;
-        lo + rand::rng().random_range(Duration::ZERO..=cur - lo)
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.base;
     }
 }
 
@@ -533,17 +502,6 @@ mod tests {
         let got: Vec<_> = std::iter::from_fn(|| o.pop()).collect();
         assert_eq!(got, vec![m(1), m(3), m(4)]);
         assert_eq!(o.dropped(), 3);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        let d: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
-        assert!(d[0] >= Duration::from_millis(500) && d[0] <= Duration::from_secs(1));
-        assert!(d[3] >= Duration::from_secs(4) && d[3] <= Duration::from_secs(8));
-        assert!(d[5] <= Duration::from_secs(8));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_secs(1));
     }
 
     #[test]
