@@ -41,7 +41,7 @@ pub fn doc_id(result: &PingResult) -> String {
 /// Stable document id of a lifecycle notice received at `at`.
 pub fn rip_doc_id(rip: &Rip, at: SystemTime) -> String {
     let at = humantime::format_rfc3339_millis(at).to_string();
-    hash_id(&[&rip.agent, reason_str(rip.reason), &at])
+    hash_id(&[&rip.agent, rip.reason.as_str(), &at])
 }
 
 fn hash_id(parts: &[&str]) -> String {
@@ -53,13 +53,6 @@ fn hash_id(parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     h.digest().to_string()
-}
-
-fn reason_str(reason: RipReason) -> &'static str {
-    match reason {
-        RipReason::Lost => "lost",
-        RipReason::Shutdown => "shutdown",
-    }
 }
 
 /// `monitor.id` of a target: one per target, the same from every agent
@@ -217,7 +210,7 @@ pub fn result_document(r: &PingResult) -> Result<Value, DocumentError> {
 
 /// The lifecycle document of an agent notice received at `at`.
 pub fn rip_document(rip: &Rip, at: SystemTime) -> Value {
-    let action = reason_str(rip.reason);
+    let action = rip.reason.as_str();
     let message = match rip.reason {
         RipReason::Lost => format!("agent {} lost (broker published its last will)", rip.agent),
         RipReason::Shutdown => format!("agent {} shut down", rip.agent),

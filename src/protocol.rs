@@ -273,6 +273,16 @@ pub enum RipReason {
     Shutdown,
 }
 
+impl RipReason {
+    /// The wire name (`lost`, `shutdown`), as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RipReason::Lost => "lost",
+            RipReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Payload of `rip/agent/{agent}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rip {
@@ -367,5 +377,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(rip, r#"{"agent":"a","reason":"lost"}"#);
+        for r in [RipReason::Lost, RipReason::Shutdown] {
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
+        }
     }
 }
