@@ -539,8 +539,17 @@ pub struct RawElasticsearch {
     pub password: Option<String>,
     /// Elasticsearch API key (the base64 `id:key` form).
     pub api_key: Option<String>,
-    /// Destination data stream; `heartbeat-8*` is what Kibana 8's Uptime app reads by default.
-    pub index: String,
+    /// Which Kibana app the documents are shaped for: `uptime` (Heartbeat's
+    /// shape, `heartbeat-*` data streams) or `synthetics` (plus the fields
+    /// the Synthetics app queries, in a `synthetics-icmp-<namespace>` data
+    /// stream). See docs/documents.md.
+    pub mode: EsMode,
+    /// Destination data stream. Default: `heartbeat-8-swarming` (mode
+    /// uptime), `synthetics-icmp-swarming` (mode synthetics).
+    pub index: Option<String>,
+    /// Mode synthetics: the Kibana space whose Synthetics app shows the
+    /// checks (`meta.space_id`).
+    pub space_id: String,
     /// Documents per bulk request.
     pub batch_size: usize,
     /// Bytes per bulk request (uncompressed).
@@ -558,7 +567,9 @@ impl Default for RawElasticsearch {
             username: None,
             password: None,
             api_key: None,
-            index: "heartbeat-8-swarming".into(),
+            mode: EsMode::Uptime,
+            index: None,
+            space_id: "default".into(),
             batch_size: 1000,
             batch_bytes: 5 * 1024 * 1024,
             flush_interval: Dur(Duration::from_secs(1)),
@@ -566,6 +577,24 @@ impl Default for RawElasticsearch {
         }
     }
 }
+
+/// Key `elasticsearch.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EsMode {
+    #[default]
+    Uptime,
+    Synthetics,
+}
+
+/// Default data stream of mode uptime: Uptime's default index setting
+/// covers `heartbeat-8*` in Kibana 8.x and `heartbeat-*` from 8.11 on.
+pub const UPTIME_DEFAULT_INDEX: &str = "heartbeat-8-swarming";
+/// Default data stream of mode synthetics (namespace `swarming`, apart
+/// from Fleet's own `synthetics-icmp-default`).
+pub const SYNTHETICS_DEFAULT_INDEX: &str = "synthetics-icmp-swarming";
+/// Prefix every mode-synthetics data stream has.
+pub const SYNTHETICS_PREFIX: &str = "synthetics-icmp-";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -613,6 +642,9 @@ pub struct EsSettings {
     pub url: String,
     pub auth: EsAuth,
     pub index: String,
+    /// Document shape (mode uptime or synthetics, with its namespace and
+    /// space).
+    pub flavor: crate::document::Flavor,
     pub batch_size: usize,
     pub batch_bytes: usize,
     pub flush_interval: Duration,
@@ -769,7 +801,13 @@ fn validate_es(file: &Path, es: RawElasticsearch) -> Result<EsSettings, ConfigEr
             ))
         }
     };
-    let index = es.index;
+    let index = es.index.unwrap_or_else(|| {
+        match es.mode {
+            EsMode::Uptime => UPTIME_DEFAULT_INDEX,
+            EsMode::Synthetics => SYNTHETICS_DEFAULT_INDEX,
+        }
+        .to_owned()
+    });
     if index.is_empty()
         || index != index.to_lowercase()
         || index.starts_with(['-', '_', '+', '.'])
@@ -781,6 +819,41 @@ fn validate_es(file: &Path, es: RawElasticsearch) -> Result<EsSettings, ConfigEr
             format!("{index:?} is not a valid index or data stream name"),
         ));
     }
+    let flavor = match es.mode {
+        EsMode::Uptime => crate::document::Flavor::Uptime,
+        EsMode::Synthetics => {
+            // Data stream naming scheme: type-dataset-namespace, and the
+            // namespace has no '-'.
+            let namespace = index.strip_prefix(SYNTHETICS_PREFIX).unwrap_or("");
+            if namespace.is_empty() || namespace.contains('-') {
+                return Err(ConfigError::invalid(
+                    file,
+                    "elasticsearch.index",
+                    format!(
+                        "{index:?}: mode synthetics needs a data stream named \
+                         {SYNTHETICS_PREFIX}<namespace> (namespace without '-'), e.g. \
+                         {SYNTHETICS_DEFAULT_INDEX}"
+                    ),
+                ));
+            }
+            let space = &es.space_id;
+            if space.is_empty()
+                || !space
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    "elasticsearch.space_id",
+                    format!("{space:?} is not a Kibana space id (a-z, 0-9, '_', '-')"),
+                ));
+            }
+            crate::document::Flavor::Synthetics {
+                namespace: namespace.to_owned(),
+                space_id: space.clone(),
+            }
+        }
+    };
     if es.batch_size == 0 {
         return Err(ConfigError::invalid(
             file,
@@ -799,6 +872,7 @@ fn validate_es(file: &Path, es: RawElasticsearch) -> Result<EsSettings, ConfigEr
         url,
         auth,
         index,
+        flavor,
         batch_size: es.batch_size,
         batch_bytes: es.batch_bytes,
         flush_interval: positive(file, "elasticsearch.flush_interval", es.flush_interval.0)?,
@@ -915,6 +989,58 @@ mod tests {
     }
 
     #[test]
+    fn synthetics_mode_picks_its_data_stream_and_space() {
+        let f = Path::new("/etc/swarming/indexer.yaml");
+        let es = |text: &str| {
+            IndexerSettings::from_str(f, &format!("elasticsearch: {{{text}}}\n"))
+                .map(|s| s.elasticsearch.unwrap())
+                .map_err(|e| e.to_string())
+        };
+        let s = es("mode: synthetics").unwrap();
+        assert_eq!(s.index, "synthetics-icmp-swarming");
+        assert_eq!(
+            s.flavor,
+            crate::document::Flavor::Synthetics {
+                namespace: "swarming".into(),
+                space_id: "default".into()
+            }
+        );
+        let s = es("mode: synthetics, index: synthetics-icmp-probes, space_id: ops").unwrap();
+        assert_eq!(
+            s.flavor,
+            crate::document::Flavor::Synthetics {
+                namespace: "probes".into(),
+                space_id: "ops".into()
+            }
+        );
+        // The uptime default is unchanged; space_id is ignored there.
+        assert_eq!(es("mode: uptime").unwrap().index, "heartbeat-8-swarming");
+        for (text, key) in [
+            (
+                "mode: synthetics, index: heartbeat-8-swarming",
+                "elasticsearch.index",
+            ),
+            (
+                "mode: synthetics, index: synthetics-icmp-",
+                "elasticsearch.index",
+            ),
+            (
+                "mode: synthetics, index: synthetics-icmp-a-b",
+                "elasticsearch.index",
+            ),
+            ("mode: synthetics, space_id: \"\"", "elasticsearch.space_id"),
+            ("mode: synthetics, space_id: Ops", "elasticsearch.space_id"),
+            ("mode: browser", "elasticsearch.mode"),
+        ] {
+            let e = es(text).unwrap_err();
+            assert!(
+                e.starts_with(&format!("/etc/swarming/indexer.yaml: {key}: ")),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn indexer_validation() {
         let f = Path::new("/etc/swarming/indexer.yaml");
         let s = IndexerSettings::from_str(f, "brokers: [a, b]\ntargets: [example.com, 192.0.2.7]\nelasticsearch: {url: \"http://es:9200/\", api_key: k}\n").unwrap();
@@ -923,6 +1049,7 @@ mod tests {
         assert_eq!(es.url, "http://es:9200");
         assert_eq!(es.auth, EsAuth::ApiKey("k".into()));
         assert_eq!(es.index, "heartbeat-8-swarming");
+        assert_eq!(es.flavor, crate::document::Flavor::Uptime);
         let e = IndexerSettings::from_str(f, "targets: [ok, \"a/b\"]\n")
             .unwrap_err()
             .to_string();

@@ -2,10 +2,15 @@
 //!
 //! A [`PingResult`] becomes a Heartbeat/ECS-shaped ICMP check document that
 //! Kibana's Uptime app understands, plus our own `ping.*` fields (loss, rtt
-//! statistics, per-echo rtts) that Heartbeat does not have. A [`Rip`] becomes
-//! an agent lifecycle event.
+//! statistics, per-echo rtts) that Heartbeat does not have. In the
+//! Synthetics flavour ([`Flavor::Synthetics`], built by a [`CheckShaper`])
+//! the same document also carries what the Synthetics app's queries need
+//! (`summary.final_attempt`, `meta.space_id`, `state.*`, `data_stream.*`).
+//! A [`Rip`] becomes an agent lifecycle event.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
@@ -18,8 +23,15 @@ pub const CHECK_DATASET: &str = "icmp";
 pub const AGENT_DATASET: &str = "swarming.agent";
 /// ECS version the documents follow.
 pub const ECS_VERSION: &str = "8.0.0";
-/// Agent label used for `observer.geo.name` (the Uptime "location").
-pub const LOCATION_LABEL: &str = "location";
+/// Agent label holding the agent's position as `"lat,lon"` in decimal
+/// degrees (e.g. `"48.85,2.35"`); it becomes `observer.geo.location`, the
+/// pin on Kibana's maps. The Uptime "location" (`observer.geo.name`) is the
+/// agent name, so agents sharing a `location` label stay apart.
+pub const GEO_LABEL: &str = "geo";
+/// Most (agent, target) pairs whose Synthetics `state.*` is tracked; past
+/// it, new pairs get documents without `state` (bounded memory whatever
+/// agents send).
+pub const MAX_TRACKED_STATES: usize = 100_000;
 
 /// Why a result cannot be turned into a document.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -71,6 +83,16 @@ pub fn url_domain(target: &str) -> String {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
         _ => target.to_owned(),
     }
+}
+
+/// `observer.geo.location` (`{"lat", "lon"}`) from a `"lat,lon"` label in
+/// decimal degrees; `None` unless both parse and are in range.
+pub fn geo_location(label: &str) -> Option<Value> {
+    let (lat, lon) = label.split_once(',')?;
+    let lat: f64 = lat.trim().parse().ok()?;
+    let lon: f64 = lon.trim().parse().ok()?;
+    let ok = lat.is_finite() && lon.is_finite() && lat.abs() <= 90.0 && lon.abs() <= 180.0;
+    ok.then(|| json!({ "lat": lat, "lon": lon }))
 }
 
 /// Milliseconds to whole microseconds; non-finite or negative gives 0.
@@ -125,11 +147,10 @@ pub fn result_document(r: &PingResult) -> Result<Value, DocumentError> {
     } else {
         (f64::from(lost) / f64::from(r.sent)).clamp(0.0, 1.0)
     };
-    let location = r
-        .labels
-        .get(LOCATION_LABEL)
-        .filter(|l| !l.is_empty())
-        .unwrap_or(&r.agent);
+    let mut observer = json!({ "name": r.agent, "geo": { "name": r.agent } });
+    if let Some(pin) = r.labels.get(GEO_LABEL).and_then(|g| geo_location(g)) {
+        observer["geo"]["location"] = pin;
+    }
     let domain = url_domain(&r.target);
 
     let mut monitor = Map::new();
@@ -186,10 +207,7 @@ pub fn result_document(r: &PingResult) -> Result<Value, DocumentError> {
         "summary".into(),
         json!({ "up": u8::from(up), "down": u8::from(!up) }),
     );
-    doc.insert(
-        "observer".into(),
-        json!({ "name": r.agent, "geo": { "name": location } }),
-    );
+    doc.insert("observer".into(), observer);
     if !labels.is_empty() {
         doc.insert("labels".into(), Value::Object(labels));
     }
@@ -222,6 +240,160 @@ pub fn rip_document(rip: &Rip, at: SystemTime) -> Value {
         "observer": { "name": rip.agent },
         "message": message,
     })
+}
+
+/// Which Kibana app the check documents are shaped for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// Heartbeat's shape, for the Uptime app (`heartbeat-*` data streams).
+    #[default]
+    Uptime,
+    /// Heartbeat's shape plus the fields the Synthetics app queries, for a
+    /// `synthetics-icmp-<namespace>` data stream.
+    Synthetics {
+        /// `data_stream.namespace` (the last part of the data stream name).
+        namespace: String,
+        /// `meta.space_id`: the Kibana space whose Synthetics app shows the
+        /// checks.
+        space_id: String,
+    },
+}
+
+/// Current up/down streak of one (agent, target) pair: Synthetics'
+/// `state.*` ("down for 12 min").
+#[derive(Debug, Clone)]
+struct Streak {
+    /// Start of the round that began the streak.
+    started_at: SystemTime,
+    /// Start of the newest round seen.
+    last: SystemTime,
+    up: bool,
+    checks: u64,
+}
+
+/// Streaks per (agent, target), as seen by this indexer since it started.
+#[derive(Debug, Default)]
+struct Streaks {
+    by_pair: HashMap<(String, String), Streak>,
+}
+
+impl Streaks {
+    /// The `state` object after a round that started at `start`; `None`
+    /// for a round not newer than the last one seen (a copy from another
+    /// broker, or a late arrival: its state is not known), or when the
+    /// table is full.
+    fn observe(&mut self, agent: &str, target: &str, start: SystemTime, up: bool) -> Option<Value> {
+        let key = (agent.to_owned(), target.to_owned());
+        let full = self.by_pair.len() >= MAX_TRACKED_STATES;
+        let streak = match self.by_pair.get_mut(&key) {
+            Some(s) if start <= s.last => return None,
+            Some(s) if s.up == up => {
+                s.last = start;
+                s.checks = s.checks.saturating_add(1);
+                s.clone()
+            }
+            Some(s) => {
+                *s = Streak {
+                    started_at: start,
+                    last: start,
+                    up,
+                    checks: 1,
+                };
+                s.clone()
+            }
+            None if full => return None,
+            None => {
+                let s = Streak {
+                    started_at: start,
+                    last: start,
+                    up,
+                    checks: 1,
+                };
+                self.by_pair.insert(key, s.clone());
+                s
+            }
+        };
+        let started = humantime::format_rfc3339_millis(streak.started_at).to_string();
+        let duration_ms = start
+            .duration_since(streak.started_at)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let (ups, downs) = if up {
+            (streak.checks, 0)
+        } else {
+            (0, streak.checks)
+        };
+        Some(json!({
+            "id": format!("{}-{}", &hash_id(&[agent, target])[..16], started),
+            "started_at": started,
+            "duration_ms": duration_ms,
+            "status": if up { "up" } else { "down" },
+            "checks": streak.checks,
+            "up": ups,
+            "down": downs,
+        }))
+    }
+}
+
+/// Builds check documents of one [`Flavor`]. The Synthetics flavour keeps
+/// each (agent, target) pair's current streak for `state.*`; share one
+/// shaper (behind an `Arc`) between all intake paths.
+#[derive(Debug, Default)]
+pub struct CheckShaper {
+    flavor: Flavor,
+    streaks: Mutex<Streaks>,
+}
+
+impl CheckShaper {
+    pub fn new(flavor: Flavor) -> CheckShaper {
+        CheckShaper {
+            flavor,
+            streaks: Mutex::new(Streaks::default()),
+        }
+    }
+
+    pub fn flavor(&self) -> &Flavor {
+        &self.flavor
+    }
+
+    /// The check document of one result in this shaper's flavour.
+    pub fn document(&self, r: &PingResult) -> Result<Value, DocumentError> {
+        let mut doc = result_document(r)?;
+        let Flavor::Synthetics {
+            namespace,
+            space_id,
+        } = &self.flavor
+        else {
+            return Ok(doc);
+        };
+        let up = doc["monitor"]["status"] == "up";
+        let start = humantime::parse_rfc3339(&r.timestamp)
+            .map_err(|_| DocumentError::BadTimestamp(r.timestamp.clone()))?;
+        // One attempt per round: every document is the final one of its
+        // check (Synthetics' overview reads only final attempts).
+        let summary = json!({
+            "up": u8::from(up),
+            "down": u8::from(!up),
+            "status": if up { "up" } else { "down" },
+            "attempt": 1,
+            "max_attempts": 1,
+            "final_attempt": true,
+            "retry_group": doc["monitor"]["check_group"],
+        });
+        doc["summary"] = summary;
+        doc["meta"] = json!({ "space_id": space_id });
+        doc["data_stream"] =
+            json!({ "type": "synthetics", "dataset": "icmp", "namespace": namespace });
+        let state = self
+            .streaks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(&r.agent, &r.target, start, up);
+        if let Some(state) = state {
+            doc["state"] = state;
+        }
+        Ok(doc)
+    }
 }
 
 #[cfg(test)]
@@ -267,7 +439,10 @@ mod tests {
         assert_eq!(d["summary"]["up"], 1);
         assert_eq!(d["summary"]["down"], 0);
         assert_eq!(d["observer"]["name"], "probe-paris-1");
-        assert_eq!(d["observer"]["geo"]["name"], "Paris");
+        // The location label stays a label: Uptime's location is the agent.
+        assert_eq!(d["observer"]["geo"]["name"], "probe-paris-1");
+        assert_eq!(d["labels"]["location"], "Paris");
+        assert!(d["observer"]["geo"].get("location").is_none());
         assert_eq!(d["labels"]["provider"], "ovh");
         assert_eq!(d["url"]["domain"], "example.com");
         assert_eq!(d["url"]["full"], "icmp://example.com");
@@ -403,6 +578,97 @@ mod tests {
         assert!(d["ping"]["rtt"].get("min_ms").is_none());
         assert!(d["ping"]["rtt"].get("stddev_ms").is_none());
         assert_eq!(d["monitor"]["duration"]["us"], 1500);
+    }
+
+    #[test]
+    fn geo_label_becomes_a_map_pin_and_bad_ones_are_left_out() {
+        let mut r = sample();
+        r.labels.insert(GEO_LABEL.into(), " 48.85, 2.35".into());
+        let d = result_document(&r).unwrap();
+        assert_eq!(
+            d["observer"]["geo"]["location"],
+            json!({"lat": 48.85, "lon": 2.35})
+        );
+        assert_eq!(d["labels"]["geo"], " 48.85, 2.35");
+        for bad in [
+            "", "48.85", "91,0", "0,181", "NaN,1", "a,b", "1,2,3", "inf,0",
+        ] {
+            assert_eq!(geo_location(bad), None, "{bad}");
+        }
+        assert_eq!(
+            geo_location("-90,-180"),
+            Some(json!({"lat": -90.0, "lon": -180.0}))
+        );
+    }
+
+    fn at(r: &mut PingResult, minute: u32) {
+        r.timestamp = format!("2026-11-25T12:{minute:02}:00.000Z");
+    }
+
+    #[test]
+    fn uptime_shaper_writes_the_plain_document() {
+        let s = CheckShaper::new(Flavor::Uptime);
+        let d = s.document(&sample()).unwrap();
+        assert_eq!(d, result_document(&sample()).unwrap());
+        assert!(d.get("state").is_none() && d.get("meta").is_none());
+    }
+
+    #[test]
+    fn synthetics_shaper_adds_final_attempt_space_and_streaks() {
+        let s = CheckShaper::new(Flavor::Synthetics {
+            namespace: "swarming".into(),
+            space_id: "default".into(),
+        });
+        let mut r = sample();
+        at(&mut r, 0);
+        let d = s.document(&r).unwrap();
+        assert_eq!(d["summary"]["final_attempt"], true);
+        assert_eq!(d["summary"]["status"], "up");
+        assert_eq!(d["summary"]["up"], 1);
+        assert_eq!(d["summary"]["retry_group"], d["monitor"]["check_group"]);
+        assert_eq!(d["meta"]["space_id"], "default");
+        assert_eq!(d["data_stream"]["namespace"], "swarming");
+        assert_eq!(d["state"]["status"], "up");
+        assert_eq!(d["state"]["checks"], 1);
+        // Two down rounds: a new streak that started at the first of them.
+        r.received = 0;
+        at(&mut r, 1);
+        let d1 = s.document(&r).unwrap();
+        at(&mut r, 13);
+        let d2 = s.document(&r).unwrap();
+        assert_eq!(d2["summary"]["final_attempt"], true);
+        assert_eq!(d2["summary"]["status"], "down");
+        assert_eq!(d2["state"]["status"], "down");
+        assert_eq!(d2["state"]["started_at"], "2026-11-25T12:01:00.000Z");
+        assert_eq!(d2["state"]["duration_ms"], 12 * 60 * 1000);
+        assert_eq!(d2["state"]["checks"], 2);
+        assert_eq!(d2["state"]["down"], 2);
+        assert_eq!(d1["state"]["id"], d2["state"]["id"]);
+        assert_ne!(d["state"]["id"], d2["state"]["id"]);
+        // A copy from another broker or a late round: no state, no change.
+        let again = s.document(&r).unwrap();
+        assert!(again.get("state").is_none());
+        at(&mut r, 5);
+        assert!(s.document(&r).unwrap().get("state").is_none());
+        // Another agent's view of the same target has its own streak.
+        r.agent = "probe-nyc-1".into();
+        at(&mut r, 14);
+        assert_eq!(s.document(&r).unwrap()["state"]["checks"], 1);
+    }
+
+    #[test]
+    fn streak_table_is_bounded() {
+        let mut t = Streaks::default();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for i in 0..MAX_TRACKED_STATES {
+            assert!(t.observe(&format!("a{i}"), "t", start, true).is_some());
+        }
+        assert!(t.observe("one-more", "t", start, true).is_none());
+        // Known pairs still advance.
+        assert!(t
+            .observe("a0", "t", start + Duration::from_secs(60), false)
+            .is_some());
+        assert_eq!(t.by_pair.len(), MAX_TRACKED_STATES);
     }
 
     #[test]

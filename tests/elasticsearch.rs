@@ -24,6 +24,7 @@ fn settings(url: &str, auth: EsAuth, timeout: Duration) -> EsSettings {
         url: url.to_owned(),
         auth,
         index: INDEX.into(),
+        flavor: Default::default(),
         batch_size: 1000,
         batch_bytes: 5 << 20,
         flush_interval: Duration::from_secs(1),
