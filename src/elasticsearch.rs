@@ -31,7 +31,7 @@ use crate::document::{self, DocumentError};
 use crate::protocol::{PingResult, Rip};
 
 /// Name of our composable index template.
-pub const TEMPLATE_NAME: &str = "swarming";
+pub const TEMPLATE_NAME: &str = crate::kibana::UPTIME_TEMPLATE;
 /// Name of our ILM (Elasticsearch) or ISM (OpenSearch) policy.
 pub const POLICY_NAME: &str = "swarming";
 /// The composable index template (`PUT _index_template/swarming`).
@@ -42,8 +42,6 @@ pub const ILM_POLICY: &str = include_str!("../packaging/elasticsearch/ilm-policy
 pub const ISM_POLICY: &str = include_str!("../packaging/opensearch/ism-policy.json");
 /// File name of the dead-letter file inside the state directory.
 pub const DEAD_LETTER_FILE: &str = "dead-letter.ndjson";
-/// Index patterns that Kibana's Uptime app reads without any setting changed.
-pub const UPTIME_DEFAULT_PATTERNS: [&str; 3] = ["heartbeat-8", "heartbeat-7", "synthetics-"];
 
 /// What went wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -193,11 +191,6 @@ fn parse_version(number: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Whether Kibana's Uptime app shows `index` without a setting changed.
-pub fn uptime_shows_by_default(index: &str) -> bool {
-    UPTIME_DEFAULT_PATTERNS.iter().any(|p| index.starts_with(p))
-}
-
 /// Whether `name` matches a simple `*` wildcard pattern.
 fn pattern_matches(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
@@ -247,6 +240,7 @@ fn builtin(text: &str, what: &str) -> Result<Value, EsError> {
 pub fn index_template(info: &ServerInfo, index: &str) -> Result<Value, EsError> {
     let mut t = builtin(INDEX_TEMPLATE, "index template")?;
     add_index_pattern(&mut t, "/index_patterns", index);
+    crate::kibana::adapt_template(&mut t, index);
     if !info.has_ilm() {
         if let Some(Value::Object(settings)) = t.pointer_mut("/template/settings/index") {
             settings.remove("lifecycle");
@@ -303,6 +297,16 @@ impl BulkDoc {
     /// The check document of a ping result, with its stable id.
     pub fn from_result(result: &PingResult) -> Result<BulkDoc, DocumentError> {
         let source = document::result_document(result)?;
+        Ok(BulkDoc::new(document::doc_id(result), &source))
+    }
+
+    /// The check document of a ping result shaped by `shaper` (mode uptime
+    /// or synthetics), with its stable id.
+    pub fn from_result_as(
+        result: &PingResult,
+        shaper: &document::CheckShaper,
+    ) -> Result<BulkDoc, DocumentError> {
+        let source = shaper.document(result)?;
         Ok(BulkDoc::new(document::doc_id(result), &source))
     }
 
@@ -691,12 +695,11 @@ impl EsClient {
     /// running it again overwrites them with the same content (the OpenSearch
     /// ISM policy is created once and then left alone).
     pub async fn install_templates(&self, info: &ServerInfo) -> Result<(), EsError> {
-        if !uptime_shows_by_default(&self.index) {
-            warn!(
-                index = %self.index,
-                "Kibana's Uptime app reads heartbeat-8*, heartbeat-7* and synthetics-* by default: \
-                 add this data stream to its settings, or name it e.g. heartbeat-8-swarming"
-            );
+        for (level, note) in crate::kibana::startup_notes(&self.index, info.major, info.minor) {
+            match level {
+                crate::kibana::Level::Warn => warn!(index = %self.index, "{note}"),
+                crate::kibana::Level::Info => info!(index = %self.index, "{note}"),
+            }
         }
         match info.distribution {
             Distribution::Elasticsearch => {
@@ -708,9 +711,10 @@ impl EsClient {
             Distribution::OpenSearch => self.install_ism().await?,
         }
         let template = index_template(info, &self.index)?;
-        self.put_json(&format!("/_index_template/{TEMPLATE_NAME}"), &template)
+        let name = crate::kibana::template_name(&self.index);
+        self.put_json(&format!("/_index_template/{name}"), &template)
             .await?;
-        info!(template = TEMPLATE_NAME, index = %self.index, "index template installed");
+        info!(template = name, index = %self.index, "index template installed");
         Ok(())
     }
 
@@ -1097,12 +1101,6 @@ mod tests {
             p["policy"]["phases"]["hot"]["actions"]["rollover"]["max_primary_shard_size"],
             "50gb"
         );
-    }
-
-    #[test]
-    fn uptime_default_patterns() {
-        assert!(uptime_shows_by_default("heartbeat-8-swarming"));
-        assert!(!uptime_shows_by_default("heartbeat-swarming"));
     }
 
     #[test]

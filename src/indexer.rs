@@ -144,6 +144,8 @@ struct Intake {
     heartbeat: Arc<AtomicU64>,
     /// Sessions that made their first connection attempt.
     tried: watch::Sender<usize>,
+    /// Shapes check documents for the configured Kibana app (fixed until restart).
+    shaper: crate::document::CheckShaper,
 }
 
 impl Intake {
@@ -173,7 +175,7 @@ impl Intake {
                     );
                     None
                 }
-                Ok(r) => match BulkDoc::from_result(&r) {
+                Ok(r) => match BulkDoc::from_result_as(&r, &self.shaper) {
                     Ok(doc) => {
                         let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
                         let seen = agents
@@ -675,6 +677,13 @@ impl Indexer {
             bad_log: Throttled::new(Duration::from_secs(10)),
             heartbeat: heartbeat.clone(),
             tried: watch::channel(0).0,
+            shaper: crate::document::CheckShaper::new(
+                settings
+                    .elasticsearch
+                    .as_ref()
+                    .map(|es| es.flavor.clone())
+                    .unwrap_or_default(),
+            ),
         });
         let (watch_tx, _) = watch::channel(Arc::new(watch_payload(&settings.targets)));
         let (es_state, es_rx) = watch::channel(EsState::Disabled);
@@ -798,6 +807,15 @@ impl Indexer {
             changed.push("brokers");
         }
         let old = &self.settings;
+        if let (Some(n), Some(o)) = (&mut new.elasticsearch, &old.elasticsearch) {
+            // Documents are shaped on intake: the shape and its data stream
+            // change together, at a restart.
+            if n.flavor != o.flavor {
+                tracing::warn!("elasticsearch.mode, space_id and a synthetics index take effect at the next restart");
+                n.flavor = o.flavor.clone();
+                n.index = o.index.clone();
+            }
+        }
         if new.elasticsearch != old.elasticsearch {
             if self.spool.is_some() && new.elasticsearch.is_some() {
                 if let Some((task, _, stop)) = self.es_task.take() {

@@ -11,6 +11,7 @@ pub mod document;
 pub mod elasticsearch;
 pub mod file_output;
 pub mod indexer;
+pub mod kibana;
 pub mod mqtt;
 pub mod ping;
 pub mod protocol;
