@@ -1,32 +1,68 @@
 #!/usr/bin/env python3
-"""Writes swarming-saved-objects.ndjson (Kibana 7.10+/8.x saved objects import).
+"""Writes swarming-saved-objects.ndjson: Kibana 8.8+ and 9.x saved objects.
 
-Run from this directory after editing; commit both files. Visualizations are
-TSVB (`metrics`) time series and aggregation-based data tables, whose saved
-shapes are stable across Kibana 7.10 to 8.x (Kibana migrates them on import).
+Run from anywhere after editing (`--stdout` prints instead of writing); commit
+both files. tests/kibana.rs checks the committed file equals this output and
+holds every object to the shape of Kibana's own saved objects
+(contracts/saved-object-shapes.json).
+
+Shape, as Kibana itself ships it (sample data sets, see contracts/README.md):
+- version stamps `coreMigrationVersion: 8.8.0` and a per-type
+  `typeMigrationVersion` no newer than what Kibana 8.8 knows, so every
+  Kibana from 8.8 on runs its later migrations on import (9.x included:
+  Kibana's own 9.x sample data carries the same stamps);
+- data views by reference only: TSVB panels use `use_kibana_indexes` and
+  `index_pattern_ref_name`, tables use `searchSourceJSON.indexRefName`,
+  dashboards name panels `panel_<i>` with references `<i>:panel_<i>`.
+Kibana 7.x and 8.0-8.7 are not targeted (no typeMigrationVersion there).
+
+Only the Python standard library is used.
 """
 import json
+import os
+import sys
 
-DATA_VIEW_ID = "swarming-heartbeat"
-DATA_VIEW_TITLE = "heartbeat-*"
-CHECKS = 'event.dataset : "icmp"'
+CORE = "8.8.0"
+STAMPS = {"index-pattern": "7.11.0", "visualization": "8.0.0", "dashboard": "8.7.0"}
+PANEL_VERSION = "8.8.0"
+
+DATA_VIEW_ID = "swarming-checks"
+# Both output modes: heartbeat-* (uptime) and synthetics-icmp-* (synthetics).
+DATA_VIEW_TITLE = "heartbeat-*,synthetics-icmp-*"
+# Only swarming's checks: real Heartbeat/Fleet ICMP monitors have no ping.*.
+CHECKS = 'event.dataset : "icmp" and ping.sent : *'
 LIFECYCLE = 'event.dataset : "swarming.agent"'
+RTT_ECHOES = "ping.rtts_ms"  # every echo's rtt: percentiles over echoes
+PERCENTS = [50, 95, 99]
 
-objects = [
-    {
+
+def stamped(obj):
+    obj["coreMigrationVersion"] = CORE
+    obj["typeMigrationVersion"] = STAMPS[obj["type"]]
+    obj["managed"] = False
+    return obj
+
+
+def data_view():
+    return stamped({
         "type": "index-pattern",
         "id": DATA_VIEW_ID,
         "attributes": {
             "title": DATA_VIEW_TITLE,
-            "name": "heartbeat-* (swarming)",
+            "name": "swarming checks",
             "timeFieldName": "@timestamp",
+            "fieldFormatMap": json.dumps({"ping.loss": {"id": "percent"}}),
         },
         "references": [],
-    }
-]
+    })
 
 
-def tsvb(vid, title, field, split, label, percent):
+def tsvb(vid, title, metric, field, split, unit):
+    """A TSVB time series, one line per value of `split`."""
+    m = {"id": vid + "-metric", "type": metric, "field": field}
+    if metric == "percentile":
+        m["percentiles"] = [{"id": vid + "-p95", "value": 95, "mode": "line",
+                             "shade": 0.2, "color": "#68BC00"}]
     series = {
         "id": vid + "-series",
         "color": "#54B399",
@@ -34,10 +70,10 @@ def tsvb(vid, title, field, split, label, percent):
         "terms_field": split,
         "terms_size": "20",
         "terms_order_by": "_count",
-        "metrics": [{"id": vid + "-metric", "type": "avg", "field": field}],
-        "label": label,
-        "formatter": "percent" if percent else "number",
-        "value_template": "{{value}}" if percent else "{{value}} ms",
+        "metrics": [m],
+        "label": title,
+        "formatter": "percent" if unit == "ratio" else "number",
+        "value_template": "{{value}}" if unit == "ratio" else "{{value}} ms",
         "chart_type": "line",
         "line_width": 1,
         "point_size": 1,
@@ -46,27 +82,31 @@ def tsvb(vid, title, field, split, label, percent):
         "separate_axis": 0,
         "axis_position": "right",
         "split_color_mode": "kibana",
+        "override_index_pattern": 0,
+        "series_drop_last_bucket": 0,
     }
     params = {
         "id": vid + "-panel",
         "type": "timeseries",
-        "index_pattern": DATA_VIEW_TITLE,
-        "use_kibana_indexes": False,
+        "series": [series],
         "time_field": "@timestamp",
-        "interval": "auto",
-        "drop_last_bucket": 0,
+        "use_kibana_indexes": True,
+        "index_pattern_ref_name": "metrics_0_index_pattern",
+        "interval": "",
         "axis_position": "left",
         "axis_formatter": "number",
         "axis_scale": "normal",
         "show_legend": 1,
+        "truncate_legend": 1,
+        "max_lines_legend": 1,
         "show_grid": 1,
         "tooltip_mode": "show_all",
+        "drop_last_bucket": 0,
         "isModelInvalid": False,
         "filter": {"query": CHECKS, "language": "kuery"},
-        "series": [series],
     }
     vis_state = {"title": title, "type": "metrics", "aggs": [], "params": params}
-    return {
+    return stamped({
         "type": "visualization",
         "id": vid,
         "attributes": {
@@ -77,32 +117,31 @@ def tsvb(vid, title, field, split, label, percent):
             "uiStateJSON": "{}",
             "kibanaSavedObjectMeta": {
                 "searchSourceJSON": json.dumps(
-                    {"query": {"query": "", "language": "kuery"}, "filter": []}
-                )
+                    {"query": {"query": "", "language": "kuery"}, "filter": []})
             },
         },
-        "references": [],
-    }
+        "references": [{"name": "metrics_0_index_pattern", "type": "index-pattern",
+                        "id": DATA_VIEW_ID}],
+    })
 
 
 def table(vid, title, query, buckets, metrics):
+    """An aggregation-based data table: one row per bucket combination."""
     aggs = []
-    n = 1
     for kind, field, label in metrics:
         params = {"customLabel": label}
         if field:
             params["field"] = field
         if kind == "percentiles":
-            params["percents"] = [95]
-        aggs.append({"id": str(n), "enabled": True, "type": kind,
+            params["percents"] = PERCENTS
+        aggs.append({"id": str(len(aggs) + 1), "enabled": True, "type": kind,
                      "params": params, "schema": "metric"})
-        n += 1
     for field, label in buckets:
-        aggs.append({"id": str(n), "enabled": True, "type": "terms", "schema": "bucket",
+        aggs.append({"id": str(len(aggs) + 1), "enabled": True, "type": "terms",
+                     "schema": "bucket",
                      "params": {"field": field, "size": 100, "order": "desc",
                                 "orderBy": "_key", "otherBucket": False,
                                 "missingBucket": False, "customLabel": label}})
-        n += 1
     vis_state = {
         "title": title,
         "type": "table",
@@ -111,7 +150,7 @@ def table(vid, title, query, buckets, metrics):
                    "showMetricsAtAllLevels": False, "showTotal": False,
                    "totalFunc": "sum", "percentageCol": ""},
     }
-    return {
+    return stamped({
         "type": "visualization",
         "id": vid,
         "attributes": {
@@ -128,12 +167,9 @@ def table(vid, title, query, buckets, metrics):
                 })
             },
         },
-        "references": [{
-            "name": "kibanaSavedObjectMeta.searchSourceJSON.index",
-            "type": "index-pattern",
-            "id": DATA_VIEW_ID,
-        }],
-    }
+        "references": [{"name": "kibanaSavedObjectMeta.searchSourceJSON.index",
+                        "type": "index-pattern", "id": DATA_VIEW_ID}],
+    })
 
 
 def dashboard(did, title, description, panels):
@@ -143,17 +179,18 @@ def dashboard(did, title, description, panels):
     for i, (vid, w, h) in enumerate(panels):
         if x + w > 48:  # the dashboard grid is 48 columns wide
             x, y, row_h = 0, y + row_h, 0
+        idx = str(i + 1)
         panel_json.append({
-            "version": "7.10.0",
+            "version": PANEL_VERSION,
             "type": "visualization",
-            "gridData": {"x": x, "y": y, "w": w, "h": h, "i": str(i + 1)},
-            "panelIndex": str(i + 1),
-            "embeddableConfig": {},
-            "panelRefName": "panel_%d" % i,
+            "gridData": {"x": x, "y": y, "w": w, "h": h, "i": idx},
+            "panelIndex": idx,
+            "embeddableConfig": {"enhancements": {}},
+            "panelRefName": "panel_" + idx,
         })
-        refs.append({"name": "panel_%d" % i, "type": "visualization", "id": vid})
+        refs.append({"name": idx + ":panel_" + idx, "type": "visualization", "id": vid})
         x, row_h = x + w, max(row_h, h)
-    return {
+    return stamped({
         "type": "dashboard",
         "id": did,
         "attributes": {
@@ -166,67 +203,83 @@ def dashboard(did, title, description, panels):
             "refreshInterval": {"pause": False, "value": 60000},
             "panelsJSON": json.dumps(panel_json),
             "optionsJSON": json.dumps({"useMargins": True, "syncColors": False,
+                                       "syncCursor": True, "syncTooltips": False,
                                        "hidePanelTitles": False}),
             "kibanaSavedObjectMeta": {
                 "searchSourceJSON": json.dumps(
-                    {"query": {"query": "", "language": "kuery"}, "filter": []}
-                )
+                    {"query": {"query": "", "language": "kuery"}, "filter": []})
             },
         },
         "references": refs,
-    }
+    })
 
 
 TARGET = ("monitor.name", "Target")
 AGENT = ("observer.name", "Agent")
+PROVIDER = ("labels.provider", "Provider")
 ROUND_METRICS = [
     ("avg", "ping.loss", "Loss (ratio)"),
-    ("avg", "ping.rtt.avg_ms", "Average rtt (ms)"),
+    ("percentiles", RTT_ECHOES, "Echo rtt (ms)"),
     ("max", "ping.rtt.max_ms", "Worst rtt (ms)"),
-    ("percentiles", "ping.rtt.avg_ms", "Round rtt p95 (ms)"),
     ("sum", "summary.down", "Rounds down"),
     ("count", None, "Rounds"),
 ]
+TARGET_METRICS = ROUND_METRICS + [("cardinality", "observer.name", "Agents")]
 
-objects += [
-    tsvb("swarming-loss-by-target", "swarming: loss by target", "ping.loss",
-         "monitor.name", "loss", True),
-    tsvb("swarming-rtt-by-target", "swarming: average rtt by target",
-         "ping.rtt.avg_ms", "monitor.name", "rtt", False),
-    tsvb("swarming-loss-by-agent", "swarming: loss by agent", "ping.loss",
-         "observer.name", "loss", True),
-    tsvb("swarming-rtt-by-agent", "swarming: average rtt by agent",
-         "ping.rtt.avg_ms", "observer.name", "rtt", False),
-    tsvb("swarming-loss-by-provider", "swarming: loss by provider", "ping.loss",
-         "labels.provider", "loss", True),
-    tsvb("swarming-rtt-by-provider", "swarming: average rtt by provider",
-         "ping.rtt.avg_ms", "labels.provider", "rtt", False),
-    table("swarming-targets-table", "swarming: targets", CHECKS, [TARGET],
-          ROUND_METRICS),
-    table("swarming-agents-table", "swarming: agents", CHECKS,
-          [AGENT, ("labels.provider", "Provider"), ("observer.geo.name", "Location")],
-          ROUND_METRICS),
-    table("swarming-agent-target-table", "swarming: agent x target", CHECKS,
-          [AGENT, TARGET], ROUND_METRICS),
-    table("swarming-agent-lifecycle", "swarming: agent lost / shutdown events",
-          LIFECYCLE, [AGENT, ("event.action", "Event")],
-          [("count", None, "Events"), ("max", "@timestamp", "Last seen")]),
-    dashboard("swarming-compare-targets", "swarming: compare targets",
-              "Packet loss and round-trip time per target, all agents together.",
-              [("swarming-loss-by-target", 24, 15), ("swarming-rtt-by-target", 24, 15),
-               ("swarming-targets-table", 48, 15)]),
-    dashboard("swarming-compare-agents", "swarming: compare agents and providers",
-              "Packet loss and round-trip time per agent and per labels.provider.",
-              [("swarming-loss-by-agent", 24, 15), ("swarming-rtt-by-agent", 24, 15),
-               ("swarming-loss-by-provider", 24, 15), ("swarming-rtt-by-provider", 24, 15),
-               ("swarming-agents-table", 48, 15), ("swarming-agent-lifecycle", 48, 15)]),
-    dashboard("swarming-agent-target", "swarming: agent x target",
-              "Every (agent, target) pair; click a row value to filter the charts.",
-              [("swarming-agent-target-table", 48, 20), ("swarming-loss-by-agent", 24, 15),
-               ("swarming-rtt-by-agent", 24, 15), ("swarming-loss-by-target", 24, 15),
-               ("swarming-rtt-by-target", 24, 15)]),
-]
 
-with open("swarming-saved-objects.ndjson", "w", encoding="utf-8") as f:
-    for o in objects:
-        f.write(json.dumps(o, sort_keys=True) + "\n")
+def objects():
+    return [
+        data_view(),
+        tsvb("swarming-loss-by-target", "swarming: loss by target", "avg", "ping.loss",
+             "monitor.name", "ratio"),
+        tsvb("swarming-rtt-p95-by-target", "swarming: echo rtt p95 by target", "percentile",
+             RTT_ECHOES, "monitor.name", "ms"),
+        tsvb("swarming-loss-by-agent", "swarming: loss by agent", "avg", "ping.loss",
+             "observer.name", "ratio"),
+        tsvb("swarming-rtt-p95-by-agent", "swarming: echo rtt p95 by agent", "percentile",
+             RTT_ECHOES, "observer.name", "ms"),
+        tsvb("swarming-loss-by-provider", "swarming: loss by provider", "avg", "ping.loss",
+             "labels.provider", "ratio"),
+        tsvb("swarming-rtt-p95-by-provider", "swarming: echo rtt p95 by provider",
+             "percentile", RTT_ECHOES, "labels.provider", "ms"),
+        table("swarming-targets-table", "swarming: targets", CHECKS, [TARGET],
+              TARGET_METRICS),
+        table("swarming-target-agent-table", "swarming: each target seen from each agent",
+              CHECKS, [TARGET, AGENT, PROVIDER], ROUND_METRICS),
+        table("swarming-agents-table", "swarming: agents and providers", CHECKS,
+              [PROVIDER, AGENT], ROUND_METRICS),
+        table("swarming-agent-lifecycle", "swarming: agent lost / shutdown events",
+              LIFECYCLE, [AGENT, ("event.action", "Event")],
+              [("count", None, "Events"), ("max", "@timestamp", "Last seen")]),
+        dashboard("swarming-compare-targets", "swarming: compare targets",
+                  "Loss and echo rtt percentiles per target, and per agent for each target.",
+                  [("swarming-loss-by-target", 24, 15),
+                   ("swarming-rtt-p95-by-target", 24, 15),
+                   ("swarming-targets-table", 48, 15),
+                   ("swarming-target-agent-table", 48, 20)]),
+        dashboard("swarming-compare-agents", "swarming: compare agents and providers",
+                  "The same target seen from each agent and provider: loss and echo rtt "
+                  "percentiles per agent and per labels.provider.",
+                  [("swarming-loss-by-agent", 24, 15),
+                   ("swarming-rtt-p95-by-agent", 24, 15),
+                   ("swarming-loss-by-provider", 24, 15),
+                   ("swarming-rtt-p95-by-provider", 24, 15),
+                   ("swarming-target-agent-table", 48, 20),
+                   ("swarming-agents-table", 48, 15),
+                   ("swarming-agent-lifecycle", 48, 12)]),
+    ]
+
+
+def ndjson():
+    return "".join(json.dumps(o, sort_keys=True) + "\n" for o in objects())
+
+
+if __name__ == "__main__":
+    text = ndjson()
+    if sys.argv[1:] == ["--stdout"]:
+        sys.stdout.write(text)
+    else:
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "swarming-saved-objects.ndjson"), "w",
+                  encoding="utf-8") as f:
+            f.write(text)
