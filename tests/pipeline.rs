@@ -69,7 +69,9 @@ async fn real_agent_results_become_uptime_documents() {
     assert_eq!(d["monitor"]["status"], "up");
     assert_eq!(d["monitor"]["id"], "icmp-::1");
     assert_eq!(d["observer"]["name"], "probe-e2e");
-    assert_eq!(d["observer"]["geo"]["name"], "Lyon");
+    // One Uptime location per agent; the location label stays a label.
+    assert_eq!(d["observer"]["geo"]["name"], "probe-e2e");
+    assert_eq!(d["labels"]["location"], "Lyon");
     assert_eq!(d["labels"]["provider"], "acme");
     assert_eq!(d["summary"]["up"], 1);
     assert_eq!(d["icmp"]["requests"], 2);
