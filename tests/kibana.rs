@@ -73,3 +73,44 @@ async fn synthetics_mode_writes_final_attempts_with_streaks_to_its_data_stream()
     idx.signal("TERM");
     idx.wait(15 * SEC).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mode_change_waits_for_a_restart() {
+    let broker = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::Elasticsearch8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let es_yaml = |mode: &str| {
+        format!(
+            "elasticsearch: {{url: \"{}\", mode: {mode}, flush_interval: 100ms, timeout: 5s}}\n",
+            es.url()
+        )
+    };
+    let write = |mode: &str| {
+        indexer_config(
+            dir.path(),
+            "idx-mode",
+            &[broker.addr()],
+            &["127.0.0.1"],
+            &es_yaml(mode),
+        )
+    };
+    let cfg = write("uptime");
+    let mut idx = Daemon::spawn(INDEXER, &["-v", "-c", cfg.to_str().unwrap()], &[]);
+    idx.wait_log(&["elasticsearch ready"], 10 * SEC).await;
+    write("synthetics");
+    idx.signal("HUP");
+    idx.wait_log(
+        &["take effect at the next restart", "elasticsearch.mode"],
+        5 * SEC,
+    )
+    .await;
+    // Still Uptime documents, in the Uptime data stream.
+    publish_results(broker.port, "ag", "127.0.0.1", 2).await;
+    es.wait_for_docs(2).await;
+    let docs = es.docs("heartbeat-8-swarming");
+    assert_eq!(docs.len(), 2, "{docs:#?}");
+    assert!(docs.values().all(|d| d.get("meta").is_none()));
+    assert!(es.docs("synthetics-icmp-swarming").is_empty());
+    idx.signal("TERM");
+    idx.wait(15 * SEC).await;
+}
