@@ -820,6 +820,17 @@ fn validate_es(file: &Path, es: RawElasticsearch) -> Result<EsSettings, ConfigEr
         ));
     }
     let flavor = match es.mode {
+        // The synthetics-icmp-* names get the Synthetics template: only for
+        // documents of that shape.
+        EsMode::Uptime if index.starts_with(SYNTHETICS_PREFIX) => {
+            return Err(ConfigError::invalid(
+                file,
+                "elasticsearch.index",
+                format!(
+                    "{index:?} is a Synthetics data stream: set elasticsearch.mode: synthetics"
+                ),
+            ));
+        }
         EsMode::Uptime => crate::document::Flavor::Uptime,
         EsMode::Synthetics => {
             // Data stream naming scheme: type-dataset-namespace, and the
@@ -1031,6 +1042,7 @@ mod tests {
             ("mode: synthetics, space_id: \"\"", "elasticsearch.space_id"),
             ("mode: synthetics, space_id: Ops", "elasticsearch.space_id"),
             ("mode: browser", "elasticsearch.mode"),
+            ("index: synthetics-icmp-swarming", "elasticsearch.index"),
         ] {
             let e = es(text).unwrap_err();
             assert!(

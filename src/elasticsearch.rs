@@ -695,7 +695,15 @@ impl EsClient {
     /// running it again overwrites them with the same content (the OpenSearch
     /// ISM policy is created once and then left alone).
     pub async fn install_templates(&self, info: &ServerInfo) -> Result<(), EsError> {
-        for (level, note) in crate::kibana::startup_notes(&self.index, info.major, info.minor) {
+        // Kibana runs the Elasticsearch line; OpenSearch Dashboards has no
+        // Uptime or Synthetics app.
+        let notes = match info.distribution {
+            Distribution::Elasticsearch => {
+                crate::kibana::startup_notes(&self.index, info.major, info.minor)
+            }
+            Distribution::OpenSearch => Vec::new(),
+        };
+        for (level, note) in notes {
             match level {
                 crate::kibana::Level::Warn => warn!(index = %self.index, "{note}"),
                 crate::kibana::Level::Info => info!(index = %self.index, "{note}"),
