@@ -114,3 +114,31 @@ async fn a_mode_change_waits_for_a_restart() {
     idx.signal("TERM");
     idx.wait(15 * SEC).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_kibana_notes_on_opensearch() {
+    let broker = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::OpenSearch2).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A name Kibana 8.10's Uptime would not read; OpenSearch 2.x is no
+    // Kibana line, and OpenSearch Dashboards has no Uptime app.
+    let cfg = indexer_config(
+        dir.path(),
+        "idx-os",
+        &[broker.addr()],
+        &["127.0.0.1"],
+        &format!(
+            "elasticsearch: {{url: \"{}\", index: heartbeat-swarming, timeout: 5s}}\n",
+            es.url()
+        ),
+    );
+    let mut idx = Daemon::spawn(INDEXER, &["-v", "-c", cfg.to_str().unwrap()], &[]);
+    idx.wait_log(&["elasticsearch ready"], 10 * SEC).await;
+    assert!(
+        !idx.log.iter().any(|l| l.contains("Kibana")),
+        "{}",
+        idx.log.join("\n")
+    );
+    idx.signal("TERM");
+    idx.wait(15 * SEC).await;
+}
