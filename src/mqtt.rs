@@ -147,6 +147,8 @@ pub fn client_id(prefix: &str, name: &str) -> String {
 pub struct LinkConfig {
     /// Agent name (topic level of `rip/agent/{name}`).
     pub name: String,
+    /// Random per process: tells two agents of the same name apart.
+    pub instance: String,
     /// Brokers in the order they are tried (shuffled once by the caller).
     pub brokers: Vec<Broker>,
     pub keepalive: Duration,
@@ -174,6 +176,8 @@ pub struct LinkHandles {
     /// Connection attempts made (successful or not): readiness waits for
     /// the first.
     pub attempts: watch::Sender<u64>,
+    /// Set when another agent uses our name, with what gave it away.
+    pub clash: watch::Sender<Option<String>>,
 }
 
 enum SessionEnd {
@@ -202,6 +206,7 @@ pub async fn run_agent_link(
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut next = 0usize;
     let mut failed_in_cycle = 0usize;
+    let mut clash = ClashWatch::default();
     loop {
         let cfg = config.borrow_and_update().clone();
         let n = cfg.brokers.len().max(1);
@@ -209,7 +214,7 @@ pub async fn run_agent_link(
             return;
         };
         next = next.wrapping_add(1);
-        match agent_session(&cfg, &broker, &mut config, &handles, &drain).await {
+        match agent_session(&cfg, &broker, &mut config, &handles, &drain, &mut clash).await {
             SessionEnd::Finished => {
                 handles.state_tx.send_replace(LinkState::Stopped);
                 return;
@@ -249,13 +254,103 @@ pub async fn run_agent_link(
     }
 }
 
-fn will(name: &str) -> LastWill {
-    let payload = serde_json::to_vec(&Rip {
-        agent: name.to_owned(),
-        reason: RipReason::Lost,
+/// A lifecycle notice with the sender's instance id (an extra field the
+/// contract allows: readers ignore unknown fields).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AgentRip {
+    #[serde(flatten)]
+    rip: Rip,
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+fn rip_payload(cfg: &LinkConfig, reason: RipReason) -> Vec<u8> {
+    serde_json::to_vec(&AgentRip {
+        rip: Rip {
+            agent: cfg.name.clone(),
+            reason,
+        },
+        instance: Some(cfg.instance.clone()),
     })
-    .unwrap_or_default();
-    LastWill::new(protocol::rip_topic(name), payload, QoS::AtLeastOnce, false)
+    .unwrap_or_default()
+}
+
+fn will(cfg: &LinkConfig) -> LastWill {
+    LastWill::new(
+        protocol::rip_topic(&cfg.name),
+        rip_payload(cfg, RipReason::Lost),
+        QoS::AtLeastOnce,
+        false,
+    )
+}
+
+/// Sessions the broker ended this soon after they began count as kicks.
+const KICK_WINDOW: Duration = Duration::from_secs(3);
+/// Kicks in a row that mean another client uses our id.
+const KICKS_FOR_CLASH: u32 = 3;
+
+/// Watches for another agent using our name: its notices on our
+/// `rip/agent/{name}` (a will each time mosquitto hands our client id to
+/// the other), or the broker ending our sessions right after they start.
+#[derive(Default)]
+struct ClashWatch {
+    /// Foreign instance ids seen, and how often.
+    foreign: std::collections::HashMap<String, u32>,
+    kicks: u32,
+}
+
+impl ClashWatch {
+    /// A notice on our own rip topic; `Some(description)` on a clash.
+    fn notice(&mut self, cfg: &LinkConfig, payload: &[u8]) -> Option<String> {
+        let n: AgentRip = serde_json::from_slice(payload).ok()?;
+        let other = n.instance?;
+        if other == cfg.instance {
+            return None;
+        }
+        let seen = self.foreign.entry(other.clone()).or_insert(0);
+        *seen += 1;
+        // One will from another instance can be our own previous process
+        // (killed, its will published after we started): say so quietly.
+        // A second one from the same instance means it is alive.
+        if *seen < 2 {
+            tracing::warn!(agent = %cfg.name, other_instance = %other, reason = n.rip.reason.as_str(), "a notice of another instance of this agent name: a previous run, or a name clash if it repeats");
+            return None;
+        }
+        Some(format!(
+            "another agent named {:?} (instance {other}, ours {}) is running: its notices reach us on {}",
+            cfg.name,
+            cfg.instance,
+            protocol::rip_topic(&cfg.name)
+        ))
+    }
+
+    /// A session that the broker ended after `lasted`.
+    fn session_lost(
+        &mut self,
+        cfg: &LinkConfig,
+        broker: &Broker,
+        lasted: Duration,
+        eof: bool,
+    ) -> Option<String> {
+        if !(eof && lasted < KICK_WINDOW) {
+            self.kicks = 0;
+            return None;
+        }
+        self.kicks += 1;
+        (self.kicks >= KICKS_FOR_CLASH).then(|| {
+            format!(
+                "broker {broker} ended our session {} times in a row right after connecting: another client (another agent named {:?}?) uses the client id {}",
+                self.kicks,
+                cfg.name,
+                client_id("swarming-agent", &cfg.name)
+            )
+        })
+    }
+}
+
+fn report_clash(h: &LinkHandles, what: String) {
+    tracing::error!(clash = %what, "AGENT NAME CLASH: two agents use the same name; their results mix under one name. Give each a distinct `name:` in agent.yaml");
+    h.clash.send_replace(Some(what));
 }
 
 /// Base client options shared by the agent and the indexer.
@@ -348,6 +443,7 @@ async fn agent_session(
     config: &mut watch::Receiver<LinkConfig>,
     h: &LinkHandles,
     drain: &CancellationToken,
+    clash: &mut ClashWatch,
 ) -> SessionEnd {
     h.state_tx.send_replace(LinkState::Connecting);
     let mut opts = options(
@@ -356,7 +452,7 @@ async fn agent_session(
         cfg.keepalive,
         true,
     );
-    opts.set_last_will(will(&cfg.name));
+    opts.set_last_will(will(cfg));
     let (client, mut el) = client(opts, cfg.keepalive);
     let connected = connect(&mut el, cfg.keepalive).await;
     h.attempts.send_modify(|n| *n += 1);
@@ -377,12 +473,17 @@ async fn agent_session(
             lasted: Duration::ZERO,
         };
     }
+    // Our own lifecycle topic: another instance's notices there reveal a
+    // name clash.
+    let rip_topic = protocol::rip_topic(&cfg.name);
+    if let Err(e) = client.try_subscribe(rip_topic.clone(), QoS::AtMostOnce) {
+        tracing::debug!(broker = %broker, error = %e, "cannot subscribe to our rip topic");
+    }
 
     // Published, not yet acknowledged, in publish order. A broker sends
     // PUBACKs in the order it received the PUBLISHes (MQTT 3.1.1, 4.6), so
     // each PUBACK settles the oldest.
     let mut inflight: VecDeque<Message> = VecDeque::with_capacity(WINDOW);
-    let rip_topic = protocol::rip_topic(&cfg.name);
     let requeue = |inflight: VecDeque<Message>| {
         // A shutdown notice is rebuilt on the next broker, not replayed.
         h.outbox.requeue_front(
@@ -411,11 +512,7 @@ async fn agent_session(
         if draining && !notice_sent && inflight.is_empty() && h.outbox.is_empty() {
             let notice = Message {
                 topic: rip_topic.clone(),
-                payload: serde_json::to_vec(&Rip {
-                    agent: cfg.name.clone(),
-                    reason: RipReason::Shutdown,
-                })
-                .unwrap_or_default(),
+                payload: rip_payload(cfg, RipReason::Shutdown),
             };
             if client
                 .try_publish(
@@ -439,6 +536,11 @@ async fn agent_session(
             ev = events.recv() => {
                 h.heartbeat.fetch_add(1, Ordering::Relaxed);
                 match ev {
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == rip_topic => {
+                        if let Some(what) = clash.notice(cfg, &p.payload) {
+                            report_clash(h, what);
+                        }
+                    }
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         if p.topic == protocol::WATCH_TOPIC && h.watch_tx.send(p.payload.to_vec()).await.is_err() {
                             requeue(inflight);
@@ -452,7 +554,13 @@ async fn agent_session(
                     Some(Err(e)) => {
                         tracing::warn!(broker = %broker, error = %e, requeued = inflight.len(), "lost broker: moving to the next");
                         requeue(inflight);
-                        return SessionEnd::Lost { lasted: since.elapsed() };
+                        let lasted = since.elapsed();
+                        let eof = matches!(&e, rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(io)) if matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe))
+                            || matches!(&e, rumqttc::ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted));
+                        if let Some(what) = clash.session_lost(cfg, broker, lasted, eof) {
+                            report_clash(h, what);
+                        }
+                        return SessionEnd::Lost { lasted };
                     }
                     None => {
                         requeue(inflight);

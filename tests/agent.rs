@@ -384,10 +384,14 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
         .next_matching(10 * SEC, |m| m.topic == "rip/agent/probe-killed")
         .await
         .expect("last will");
+    let j = will.json();
     assert_eq!(
-        will.json(),
-        serde_json::json!({"agent": "probe-killed", "reason": "lost"})
+        (j["agent"].as_str(), j["reason"].as_str()),
+        (Some("probe-killed"), Some("lost")),
+        "{j}"
     );
+    // The instance id tells two agents of one name apart.
+    assert!(j["instance"].as_str().is_some_and(|i| i.len() == 16), "{j}");
 
     let cfg = config(&dir, "probe-stopped", &[broker.addr()]);
     let mut agent = start_agent(&cfg);
@@ -403,9 +407,11 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
         .next_matching(5 * SEC, |m| m.topic == "rip/agent/probe-stopped")
         .await
         .expect("shutdown notice");
+    let j = notice.json();
     assert_eq!(
-        notice.json(),
-        serde_json::json!({"agent": "probe-stopped", "reason": "shutdown"})
+        (j["agent"].as_str(), j["reason"].as_str()),
+        (Some("probe-stopped"), Some("shutdown")),
+        "{j}"
     );
     // A clean stop sends no will.
     let after = sub.drain_for(3 * SEC).await;
