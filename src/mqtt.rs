@@ -284,19 +284,22 @@ fn will(cfg: &LinkConfig) -> LastWill {
     )
 }
 
-/// Sessions the broker ended this soon after they began count as kicks.
-const KICK_WINDOW: Duration = Duration::from_secs(3);
-/// Kicks in a row that mean another client uses our id.
-const KICKS_FOR_CLASH: u32 = 3;
+/// Sessions closed by the broker within this window that mean another
+/// client uses our id (mosquitto hands the id to the newest connection and
+/// closes the other; two agents of one name take turns doing so).
+const KICK_WINDOW: Duration = Duration::from_secs(300);
+/// Closures within [`KICK_WINDOW`] that mean a clash.
+const KICKS_FOR_CLASH: usize = 3;
 
-/// Watches for another agent using our name: its notices on our
-/// `rip/agent/{name}` (a will each time mosquitto hands our client id to
-/// the other), or the broker ending our sessions right after they start.
+/// Watches for another agent using our name: the broker closing our
+/// sessions again and again, or another instance's notices on our
+/// `rip/agent/{name}`.
 #[derive(Default)]
 struct ClashWatch {
     /// Foreign instance ids seen, and how often.
     foreign: std::collections::HashMap<String, u32>,
-    kicks: u32,
+    /// When the broker closed our established sessions.
+    closures: VecDeque<tokio::time::Instant>,
 }
 
 impl ClashWatch {
@@ -324,25 +327,28 @@ impl ClashWatch {
         ))
     }
 
-    /// A session that the broker ended after `lasted`.
-    fn session_lost(
-        &mut self,
-        cfg: &LinkConfig,
-        broker: &Broker,
-        lasted: Duration,
-        eof: bool,
-    ) -> Option<String> {
-        if !(eof && lasted < KICK_WINDOW) {
-            self.kicks = 0;
+    /// An established session ended; `closed` when the broker closed it
+    /// (rather than a timeout or a network error).
+    fn session_lost(&mut self, cfg: &LinkConfig, broker: &Broker, closed: bool) -> Option<String> {
+        if !closed {
             return None;
         }
-        self.kicks += 1;
-        (self.kicks >= KICKS_FOR_CLASH).then(|| {
+        let now = tokio::time::Instant::now();
+        self.closures.push_back(now);
+        while self
+            .closures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > KICK_WINDOW)
+        {
+            self.closures.pop_front();
+        }
+        (self.closures.len() >= KICKS_FOR_CLASH).then(|| {
             format!(
-                "broker {broker} ended our session {} times in a row right after connecting: another client (another agent named {:?}?) uses the client id {}",
-                self.kicks,
+                "broker {broker} closed our connection {} times in {} minutes: another client uses our client id {} (another agent named {:?}), unless that broker keeps restarting",
+                self.closures.len(),
+                KICK_WINDOW.as_secs() / 60,
+                client_id("swarming-agent", &cfg.name),
                 cfg.name,
-                client_id("swarming-agent", &cfg.name)
             )
         })
     }
@@ -557,7 +563,7 @@ async fn agent_session(
                         let lasted = since.elapsed();
                         let eof = matches!(&e, rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(io)) if matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe))
                             || matches!(&e, rumqttc::ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted));
-                        if let Some(what) = clash.session_lost(cfg, broker, lasted, eof) {
+                        if let Some(what) = clash.session_lost(cfg, broker, eof) {
                             report_clash(h, what);
                         }
                         return SessionEnd::Lost { lasted };
