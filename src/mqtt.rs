@@ -147,6 +147,8 @@ pub fn client_id(prefix: &str, name: &str) -> String {
 pub struct LinkConfig {
     /// Agent name (topic level of `rip/agent/{name}`).
     pub name: String,
+    /// Random per process: tells two agents of the same name apart.
+    pub instance: String,
     /// Brokers in the order they are tried (shuffled once by the caller).
     pub brokers: Vec<Broker>,
     pub keepalive: Duration,
@@ -174,6 +176,8 @@ pub struct LinkHandles {
     /// Connection attempts made (successful or not): readiness waits for
     /// the first.
     pub attempts: watch::Sender<u64>,
+    /// Set when another agent uses our name, with what gave it away.
+    pub clash: watch::Sender<Option<String>>,
 }
 
 enum SessionEnd {
@@ -202,6 +206,7 @@ pub async fn run_agent_link(
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut next = 0usize;
     let mut failed_in_cycle = 0usize;
+    let mut clash = ClashWatch::default();
     loop {
         let cfg = config.borrow_and_update().clone();
         let n = cfg.brokers.len().max(1);
@@ -209,7 +214,7 @@ pub async fn run_agent_link(
             return;
         };
         next = next.wrapping_add(1);
-        match agent_session(&cfg, &broker, &mut config, &handles, &drain).await {
+        match agent_session(&cfg, &broker, &mut config, &handles, &drain, &mut clash).await {
             SessionEnd::Finished => {
                 handles.state_tx.send_replace(LinkState::Stopped);
                 return;
@@ -249,13 +254,109 @@ pub async fn run_agent_link(
     }
 }
 
-fn will(name: &str) -> LastWill {
-    let payload = serde_json::to_vec(&Rip {
-        agent: name.to_owned(),
-        reason: RipReason::Lost,
+/// A lifecycle notice with the sender's instance id (an extra field the
+/// contract allows: readers ignore unknown fields).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AgentRip {
+    #[serde(flatten)]
+    rip: Rip,
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+fn rip_payload(cfg: &LinkConfig, reason: RipReason) -> Vec<u8> {
+    serde_json::to_vec(&AgentRip {
+        rip: Rip {
+            agent: cfg.name.clone(),
+            reason,
+        },
+        instance: Some(cfg.instance.clone()),
     })
-    .unwrap_or_default();
-    LastWill::new(protocol::rip_topic(name), payload, QoS::AtLeastOnce, false)
+    .unwrap_or_default()
+}
+
+fn will(cfg: &LinkConfig) -> LastWill {
+    LastWill::new(
+        protocol::rip_topic(&cfg.name),
+        rip_payload(cfg, RipReason::Lost),
+        QoS::AtLeastOnce,
+        false,
+    )
+}
+
+/// Sessions closed by the broker within this window that mean another
+/// client uses our id (mosquitto hands the id to the newest connection and
+/// closes the other; two agents of one name take turns doing so).
+const KICK_WINDOW: Duration = Duration::from_secs(300);
+/// Closures within [`KICK_WINDOW`] that mean a clash.
+const KICKS_FOR_CLASH: usize = 3;
+
+/// Watches for another agent using our name: the broker closing our
+/// sessions again and again, or another instance's notices on our
+/// `rip/agent/{name}`.
+#[derive(Default)]
+struct ClashWatch {
+    /// Foreign instance ids seen, and how often.
+    foreign: std::collections::HashMap<String, u32>,
+    /// When the broker closed our established sessions.
+    closures: VecDeque<tokio::time::Instant>,
+}
+
+impl ClashWatch {
+    /// A notice on our own rip topic; `Some(description)` on a clash.
+    fn notice(&mut self, cfg: &LinkConfig, payload: &[u8]) -> Option<String> {
+        let n: AgentRip = serde_json::from_slice(payload).ok()?;
+        let other = n.instance?;
+        if other == cfg.instance {
+            return None;
+        }
+        let seen = self.foreign.entry(other.clone()).or_insert(0);
+        *seen += 1;
+        // One will from another instance can be our own previous process
+        // (killed, its will published after we started): say so quietly.
+        // A second one from the same instance means it is alive.
+        if *seen < 2 {
+            tracing::warn!(agent = %cfg.name, other_instance = %other, reason = n.rip.reason.as_str(), "a notice of another instance of this agent name: a previous run, or a name clash if it repeats");
+            return None;
+        }
+        Some(format!(
+            "another agent named {:?} (instance {other}, ours {}) is running: its notices reach us on {}",
+            cfg.name,
+            cfg.instance,
+            protocol::rip_topic(&cfg.name)
+        ))
+    }
+
+    /// An established session ended; `closed` when the broker closed it
+    /// (rather than a timeout or a network error).
+    fn session_lost(&mut self, cfg: &LinkConfig, broker: &Broker, closed: bool) -> Option<String> {
+        if !closed {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        self.closures.push_back(now);
+        while self
+            .closures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > KICK_WINDOW)
+        {
+            self.closures.pop_front();
+        }
+        (self.closures.len() >= KICKS_FOR_CLASH).then(|| {
+            format!(
+                "broker {broker} closed our connection {} times in {} minutes: another client uses our client id {} (another agent named {:?}), unless that broker keeps restarting",
+                self.closures.len(),
+                KICK_WINDOW.as_secs() / 60,
+                client_id("swarming-agent", &cfg.name),
+                cfg.name,
+            )
+        })
+    }
+}
+
+fn report_clash(h: &LinkHandles, what: String) {
+    tracing::error!(clash = %what, "AGENT NAME CLASH: two agents use the same name; their results mix under one name. Give each a distinct `name:` in agent.yaml");
+    h.clash.send_replace(Some(what));
 }
 
 /// Base client options shared by the agent and the indexer.
@@ -348,6 +449,7 @@ async fn agent_session(
     config: &mut watch::Receiver<LinkConfig>,
     h: &LinkHandles,
     drain: &CancellationToken,
+    clash: &mut ClashWatch,
 ) -> SessionEnd {
     h.state_tx.send_replace(LinkState::Connecting);
     let mut opts = options(
@@ -356,7 +458,7 @@ async fn agent_session(
         cfg.keepalive,
         true,
     );
-    opts.set_last_will(will(&cfg.name));
+    opts.set_last_will(will(cfg));
     let (client, mut el) = client(opts, cfg.keepalive);
     let connected = connect(&mut el, cfg.keepalive).await;
     h.attempts.send_modify(|n| *n += 1);
@@ -377,12 +479,17 @@ async fn agent_session(
             lasted: Duration::ZERO,
         };
     }
+    // Our own lifecycle topic: another instance's notices there reveal a
+    // name clash.
+    let rip_topic = protocol::rip_topic(&cfg.name);
+    if let Err(e) = client.try_subscribe(rip_topic.clone(), QoS::AtMostOnce) {
+        tracing::debug!(broker = %broker, error = %e, "cannot subscribe to our rip topic");
+    }
 
     // Published, not yet acknowledged, in publish order. A broker sends
     // PUBACKs in the order it received the PUBLISHes (MQTT 3.1.1, 4.6), so
     // each PUBACK settles the oldest.
     let mut inflight: VecDeque<Message> = VecDeque::with_capacity(WINDOW);
-    let rip_topic = protocol::rip_topic(&cfg.name);
     let requeue = |inflight: VecDeque<Message>| {
         // A shutdown notice is rebuilt on the next broker, not replayed.
         h.outbox.requeue_front(
@@ -411,11 +518,7 @@ async fn agent_session(
         if draining && !notice_sent && inflight.is_empty() && h.outbox.is_empty() {
             let notice = Message {
                 topic: rip_topic.clone(),
-                payload: serde_json::to_vec(&Rip {
-                    agent: cfg.name.clone(),
-                    reason: RipReason::Shutdown,
-                })
-                .unwrap_or_default(),
+                payload: rip_payload(cfg, RipReason::Shutdown),
             };
             if client
                 .try_publish(
@@ -439,6 +542,11 @@ async fn agent_session(
             ev = events.recv() => {
                 h.heartbeat.fetch_add(1, Ordering::Relaxed);
                 match ev {
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == rip_topic => {
+                        if let Some(what) = clash.notice(cfg, &p.payload) {
+                            report_clash(h, what);
+                        }
+                    }
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         if p.topic == protocol::WATCH_TOPIC && h.watch_tx.send(p.payload.to_vec()).await.is_err() {
                             requeue(inflight);
@@ -452,7 +560,13 @@ async fn agent_session(
                     Some(Err(e)) => {
                         tracing::warn!(broker = %broker, error = %e, requeued = inflight.len(), "lost broker: moving to the next");
                         requeue(inflight);
-                        return SessionEnd::Lost { lasted: since.elapsed() };
+                        let lasted = since.elapsed();
+                        let eof = matches!(&e, rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(io)) if matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe))
+                            || matches!(&e, rumqttc::ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted));
+                        if let Some(what) = clash.session_lost(cfg, broker, eof) {
+                            report_clash(h, what);
+                        }
+                        return SessionEnd::Lost { lasted };
                     }
                     None => {
                         requeue(inflight);

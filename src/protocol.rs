@@ -144,6 +144,10 @@ pub enum WatchError {
     TooLarge(usize),
     #[error("malformed watch payload: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("plain-text watch payload is not UTF-8")]
+    NotText,
+    #[error("JSON watch payload is not an object; publish {{\"targets\": [...]}} or host names separated by spaces")]
+    NotAnObject,
 }
 
 /// A parsed `watch` message: the accepted targets (deduplicated, in order)
@@ -176,6 +180,17 @@ impl WatchList {
         if payload.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(ParsedWatch::default());
         }
+        let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            // Other JSON values (an array, a string) are mistakes, not host
+            // names: say so instead of trying to resolve them.
+            if matches!(first, Some(b'[' | b'"'))
+                && serde_json::from_slice::<serde_json::Value>(payload).is_ok()
+            {
+                return Err(WatchError::NotAnObject);
+            }
+            return Self::parse_plain(payload);
+        }
         let list: WatchList = serde_json::from_slice(payload)?;
         let mut parsed = ParsedWatch {
             version: list.version,
@@ -190,6 +205,31 @@ impl WatchList {
                     }
                 }
                 Err(e) => parsed.rejected.push((spec.host().to_owned(), e)),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+impl WatchList {
+    /// Parses the plain-text form, `host1 host2 host3` separated by white
+    /// space (the seed's `mosquitto_pub -t watch -m "..."` workflow): the
+    /// same validation as the JSON form, no version.
+    pub fn parse_plain(payload: &[u8]) -> Result<ParsedWatch, WatchError> {
+        if payload.len() > MAX_WATCH_BYTES {
+            return Err(WatchError::TooLarge(payload.len()));
+        }
+        let text = std::str::from_utf8(payload).map_err(|_| WatchError::NotText)?;
+        let mut parsed = ParsedWatch::default();
+        let mut seen = std::collections::HashSet::new();
+        for word in text.split_ascii_whitespace() {
+            match word.parse::<Target>() {
+                Ok(t) => {
+                    if seen.insert(t.clone()) {
+                        parsed.targets.push(t);
+                    }
+                }
+                Err(e) => parsed.rejected.push((word.to_owned(), e)),
             }
         }
         Ok(parsed)
@@ -345,6 +385,43 @@ mod tests {
             WatchList::parse(&big),
             Err(WatchError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn plain_text_watch_is_validated_like_json() {
+        let p = WatchList::parse(b"  example.com\t192.0.2.7\n a/b example.com [::1] 224.0.0.1\r\n")
+            .unwrap();
+        let names: Vec<_> = p.targets.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names, ["example.com", "192.0.2.7", "[::1]"]);
+        let bad: Vec<_> = p.rejected.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(bad, ["a/b", "224.0.0.1"]);
+        assert_eq!(p.version, None);
+        // Not text; too large; a word longer than a host name.
+        assert!(matches!(
+            WatchList::parse(b"a \xff\xfe b"),
+            Err(WatchError::NotText)
+        ));
+        let mut big = b"a ".repeat(MAX_WATCH_BYTES / 2);
+        big.push(b'b');
+        assert!(matches!(
+            WatchList::parse(&big),
+            Err(WatchError::TooLarge(_))
+        ));
+        let long = "a".repeat(300);
+        assert_eq!(
+            WatchList::parse(long.as_bytes()).unwrap().rejected[0].1,
+            TargetError::TooLong
+        );
+        assert!(matches!(
+            WatchList::parse(br#" ["a", "b"]"#),
+            Err(WatchError::NotAnObject)
+        ));
+        assert!(matches!(
+            WatchList::parse(br#""a b""#),
+            Err(WatchError::NotAnObject)
+        ));
+        // A JSON object stays JSON, even a broken one.
+        assert!(WatchList::parse(b" {\"targets\": [").is_err());
     }
 
     #[test]

@@ -384,10 +384,14 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
         .next_matching(10 * SEC, |m| m.topic == "rip/agent/probe-killed")
         .await
         .expect("last will");
+    let j = will.json();
     assert_eq!(
-        will.json(),
-        serde_json::json!({"agent": "probe-killed", "reason": "lost"})
+        (j["agent"].as_str(), j["reason"].as_str()),
+        (Some("probe-killed"), Some("lost")),
+        "{j}"
     );
+    // The instance id tells two agents of one name apart.
+    assert!(j["instance"].as_str().is_some_and(|i| i.len() == 16), "{j}");
 
     let cfg = config(&dir, "probe-stopped", &[broker.addr()]);
     let mut agent = start_agent(&cfg);
@@ -403,9 +407,11 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
         .next_matching(5 * SEC, |m| m.topic == "rip/agent/probe-stopped")
         .await
         .expect("shutdown notice");
+    let j = notice.json();
     assert_eq!(
-        notice.json(),
-        serde_json::json!({"agent": "probe-stopped", "reason": "shutdown"})
+        (j["agent"].as_str(), j["reason"].as_str()),
+        (Some("probe-stopped"), Some("shutdown")),
+        "{j}"
     );
     // A clean stop sends no will.
     let after = sub.drain_for(3 * SEC).await;
@@ -461,4 +467,347 @@ async fn config_errors_name_the_file_and_the_key() {
     )
     .await;
     assert_eq!(status.code(), Some(78), "{out}");
+}
+
+/// Runs `script` with `sh` in a private network namespace (loopback up).
+async fn in_netns(script: &str) -> (std::process::ExitStatus, String) {
+    let out = tokio::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c"])
+        .arg(format!("ip link set lo up && {script}"))
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    (out.status, text)
+}
+
+/// `setpriv` prefix running as uid/gid 1234, no capabilities.
+const UNPRIVILEGED: &str = "setpriv --reuid=1234 --regid=1234 --clear-groups --inh-caps=-all";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_pings_now_without_a_broker_in_raw_mode() {
+    // No broker anywhere: the file names one that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-once", &["127.0.0.1:1".to_owned()]);
+    let c = cfg.to_str().unwrap();
+    let (status, out) = run(
+        AGENT,
+        &[
+            "--once",
+            "-c",
+            c,
+            "--count",
+            "3",
+            "127.0.0.1",
+            "::1",
+            "127.0.0.1",
+        ],
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("raw ICMP sockets"), "mode not said: {out}");
+    for t in ["127.0.0.1 (127.0.0.1)", "::1 (::1)"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(t))
+            .unwrap_or_else(|| panic!("no line for {t}: {out}"));
+        assert!(
+            line.contains("sent 3, received 3, loss 0%, rtt min/avg/max "),
+            "{line}"
+        );
+    }
+    // A target given twice is pinged once.
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("127.0.0.1 ")).count(),
+        1
+    );
+
+    // JSON: the result as published, configured name and labels included.
+    let (status, out) = run(
+        AGENT,
+        &["--once", "--json", "-c", c, "--count", "2", "127.0.0.1"],
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "{out}");
+    let json = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let r: PingResult = serde_json::from_str(json).unwrap();
+    assert_eq!((r.agent.as_str(), r.sent, r.received), ("probe-once", 2, 2));
+    assert_eq!(r.labels["provider"], "test");
+
+    // Bad configuration or arguments: 78, naming what is wrong.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "ping: {count: 0}\n").unwrap();
+    let (status, out) = run(AGENT, &["--once", "-c", bad.to_str().unwrap(), "127.0.0.1"]).await;
+    assert_eq!(status.code(), Some(78), "{out}");
+    assert!(out.contains("ping.count"), "{out}");
+    let (status, out) = run(AGENT, &["--once", "-c", c, "--count", "0", "127.0.0.1"]).await;
+    assert_eq!(status.code(), Some(78), "{out}");
+    let (status, out) = run(AGENT, &["--once", "-c", c, "a/b"]).await;
+    assert_eq!(status.code(), Some(78), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exits_1_when_a_target_does_not_answer() {
+    // The namespace's kernel ignores echo requests: nothing answers.
+    let (status, out) = in_netns(&format!(
+        "sysctl -qw net.ipv4.icmp_echo_ignore_all=1 && {AGENT} --once --count 2 --timeout 200ms 127.0.0.1 ::1"
+    ))
+    .await;
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("127.0.0.1 (127.0.0.1): sent 2, received 0, loss 100%, rtt -"),
+        "{out}"
+    );
+    assert!(
+        out.contains("::1 (::1): sent 2, received 2, loss 0%"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_agent_uses_datagram_ping_sockets_or_exits_77() {
+    // A group allowed by ping_group_range, no CAP_NET_RAW: datagram mode.
+    let (status, out) = in_netns(&format!(
+        "sysctl -qw net.ipv4.ping_group_range='1234 1234' && {UNPRIVILEGED} {AGENT} --once --count 2 --timeout 300ms 127.0.0.1 ::1"
+    ))
+    .await;
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("datagram ping sockets"),
+        "mode not said: {out}"
+    );
+    assert!(
+        out.contains("127.0.0.1 (127.0.0.1): sent 2, received 2"),
+        "{out}"
+    );
+    assert!(out.contains("::1 (::1): sent 2, received 2"), "{out}");
+
+    // Neither raw nor datagram sockets allowed: 77, saying what to grant.
+    let (status, out) = in_netns(&format!("{UNPRIVILEGED} {AGENT} --once 127.0.0.1")).await;
+    assert_eq!(status.code(), Some(77), "{out}");
+    assert!(
+        out.contains("CAP_NET_RAW") && out.contains("ping_group_range"),
+        "{out}"
+    );
+    // The daemon too, before touching any broker.
+    let (status, out) = in_netns(&format!("{UNPRIVILEGED} {AGENT} --log stderr 127.0.0.1:1")).await;
+    assert_eq!(status.code(), Some(77), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_daemon_publishes_results_through_datagram_sockets() {
+    // Broker, agent and targets in one private namespace; the agent runs as
+    // an unprivileged user whose group ping_group_range allows.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cfg = config(&dir, "probe-dgram", &["127.0.0.1:1884".to_owned()]);
+    let script = format!(
+        "sysctl -qw net.ipv4.ping_group_range='1234 1234' \
+         && (mosquitto -p 1884 >/dev/null 2>&1 & echo $! > {d}/m.pid) \
+         && sleep 0.5 \
+         && mosquitto_pub -p 1884 -t watch -r -m '127.0.0.1 ::1' \
+         && ({UNPRIVILEGED} {AGENT} -c {cfg} --log stderr 2> {d}/agent.log & echo $! > {d}/a.pid) \
+         && timeout 10 mosquitto_sub -p 1884 -t 'ping/#' -C 4 > {d}/results; \
+         kill $(cat {d}/a.pid) $(cat {d}/m.pid); wait",
+        cfg = cfg.display()
+    );
+    let (status, out) = in_netns(&script).await;
+    assert!(status.success(), "{out}");
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("datagram ping sockets"), "{log}");
+    let results: Vec<PingResult> = std::fs::read_to_string(dir.path().join("results"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 4, "{log}");
+    for t in ["127.0.0.1", "::1"] {
+        assert!(
+            results.iter().any(|r| r.target == t && r.received == 2),
+            "{t}: {results:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_watch_is_accepted_like_json() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-plain", &[broker.addr()]);
+    // The seed's workflow: mosquitto_pub -t watch -m "host1 host2 host3".
+    publish(
+        broker.port,
+        "watch",
+        b"127.0.0.1  127.0.0.2\n\ta/b 127.0.0.1",
+        true,
+    )
+    .await;
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    let mut agent = start_agent(&cfg);
+    agent
+        .wait_log(&["target list applied", "targets=2 "], 10 * SEC)
+        .await;
+    agent.wait_log(&["target rejected", "a/b"], SEC).await;
+    for t in ["ping/127.0.0.1", "ping/127.0.0.2"] {
+        let r = result(
+            &sub.next_matching(10 * SEC, |m| m.topic == t)
+                .await
+                .unwrap_or_else(|| panic!("no result on {t}")),
+        );
+        assert_eq!(r.received, 2);
+    }
+    // Not text at all: ignored, the list stays.
+    publish(broker.port, "watch", b"127.0.0.3 \xff\xfe", false).await;
+    agent
+        .wait_log(&["watch message ignored", "not UTF-8"], 5 * SEC)
+        .await;
+    sub.next_matching(5 * SEC, |m| m.topic == "ping/127.0.0.2")
+        .await
+        .expect("list kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_beyond_max_rate_is_reported_and_the_interval_stretched() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-rate", &[broker.addr()]);
+    // 10 targets x 2 echoes / 1 s = 20/s against max_rate 10: 2 s.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_rate: 100", "max_rate: 10");
+    std::fs::write(&cfg, &text).unwrap();
+    let many: Vec<String> = (1..=10).map(|i| format!("127.0.0.{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    watch(broker.port, &many).await;
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    let mut agent = start_agent(&cfg);
+    agent
+        .wait_log(
+            &[
+                "more echoes per second than limits.max_rate",
+                "stretched_interval_s=2",
+            ],
+            10 * SEC,
+        )
+        .await;
+    let mut slots: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let got = sub.drain_for(7 * SEC).await;
+    for m in &got {
+        let r = result(m);
+        assert_eq!(r.interval, 2.0, "the result says the stretched interval");
+        assert_eq!(r.received, 2);
+        slots.entry(r.target.clone()).or_default().push(ts_ms(&r));
+    }
+    assert_eq!(slots.len(), 10, "every target served: {slots:?}");
+    for s in slots.values() {
+        assert!(s.windows(2).all(|w| w[1] - w[0] == 2000), "{s:?}");
+    }
+    // A reload that makes it fit again says so, and results follow.
+    std::fs::write(&cfg, text.replace("max_rate: 10", "max_rate: 100")).unwrap();
+    agent.signal("HUP");
+    agent
+        .wait_log(&["fits limits.max_rate again"], 5 * SEC)
+        .await;
+    let r = result(
+        &sub.next_matching(5 * SEC, |m| {
+            m.payload.windows(14).any(|w| w == b"\"interval\":1.0")
+        })
+        .await
+        .expect("results at the configured interval"),
+    );
+    assert_eq!(r.interval, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_without_a_broker_is_prompt_and_says_only_what_is_true() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: no broker, no list, nothing queued.
+    let cfg = config(&dir, "probe-alone", &["127.0.0.1:1".to_owned()]);
+    let mut agent = start_agent(&cfg);
+    agent
+        .wait_log(&["cannot connect to broker"], 10 * SEC)
+        .await;
+    let t = std::time::Instant::now();
+    agent.signal("TERM");
+    let status = agent.wait(5 * SEC).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(t.elapsed() < SEC, "stop took {:?}", t.elapsed());
+    assert!(
+        agent
+            .log
+            .iter()
+            .any(|l| l.contains("no result was waiting")),
+        "{:?}",
+        agent.log
+    );
+    assert!(
+        !agent.log.iter().any(|l| l.contains("lost")),
+        "{:?}",
+        agent.log
+    );
+
+    // Results queued while the broker is gone: lost, and said so, promptly.
+    let mut broker = Mosquitto::start().await;
+    let cfg = config(&dir, "probe-queued", &[broker.addr()]);
+    watch(broker.port, &["127.0.0.1"]).await;
+    let mut agent = start_agent(&cfg);
+    agent.wait_log(&["target added"], 10 * SEC).await;
+    broker.kill().await;
+    agent.wait_log(&["no broker reachable"], 10 * SEC).await;
+    tokio::time::sleep(2 * SEC).await; // rounds pile up meanwhile
+    let t = std::time::Instant::now();
+    agent.signal("TERM");
+    agent.wait(5 * SEC).await;
+    assert!(t.elapsed() < SEC, "stop took {:?}", t.elapsed());
+    let line = agent
+        .log
+        .iter()
+        .find(|l| l.contains("queued results are lost"))
+        .unwrap_or_else(|| panic!("{:?}", agent.log));
+    assert!(!line.contains("unsent=0"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_with_one_name_are_told_loudly_and_both_results_kept() {
+    let broker = Mosquitto::start().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let cfg_a = config(&dir_a, "twin", &[broker.addr()]);
+    let cfg_b = config(&dir_b, "twin", &[broker.addr()]);
+    watch(broker.port, &["127.0.0.1"]).await;
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    let mut a = start_agent(&cfg_a);
+    a.wait_log(&["connected to broker"], 10 * SEC).await;
+    let mut b = start_agent(&cfg_b);
+    a.wait_log(&["AGENT NAME CLASH", "twin"], 40 * SEC).await;
+    b.wait_log(&["AGENT NAME CLASH", "twin"], 40 * SEC).await;
+    // Their rounds have distinct slots, so neither's results are taken for
+    // duplicates of the other's: more than one agent's worth arrives.
+    let got = sub.drain_for(4 * SEC).await;
+    let stamps: BTreeSet<u64> = sub
+        .history
+        .iter()
+        .filter(|m| m.topic == "ping/127.0.0.1")
+        .map(|m| ts_ms(&result(m)))
+        .collect();
+    let phases: BTreeSet<u64> = stamps.iter().map(|t| t % 1000).collect();
+    assert!(
+        phases.len() >= 2,
+        "one phase only: {stamps:?} ({} new)",
+        got.len()
+    );
 }

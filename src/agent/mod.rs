@@ -1,30 +1,29 @@
-//! The agent: applies `watch` lists to a schedule of ICMP rounds and hands
-//! results to the MQTT link.
+//! The agent: applies `watch` lists to the ICMP engine's schedule and hands
+//! its results to the MQTT link.
 //!
-//! Each target has a cheap task (no thread, no socket) that runs its rounds
-//! at wall-clock slots `k * interval + offset`, where the offset comes from
-//! a hash of (agent, target): rounds of different targets are spread over
-//! the interval, different agents do not hit a target at the same moment,
-//! and an unchanged target keeps its schedule when the list changes.
+//! All targets run in one scheduling loop ([`crate::ping`]); rounds start at
+//! wall-clock slots spread evenly over the interval, in an order hashed
+//! from (agent, instance, target), so different agents do not hit a target
+//! at the same moment.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
+pub mod once;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AgentSettings, PingSettings};
+use crate::config::AgentSettings;
 use crate::mqtt::{self, LinkConfig, LinkHandles, LinkState, Message, Outbox};
-use crate::ping::{Pinger, RateLimiter};
+use crate::ping::{Engine, Mode, Plan, RoundResult, Sockets};
 use crate::protocol::{self, PingResult, RttStats, Target, WatchList};
 
-/// Longest SIGTERM waits for queued results to be published.
+/// Longest SIGTERM waits for queued results to be published while a broker
+/// is connected.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every result carries about the agent.
@@ -37,39 +36,55 @@ pub struct Identity {
 /// Counters, for status lines and tests.
 #[derive(Debug, Default)]
 pub struct AgentStats {
-    pub rounds: AtomicU64,
     pub watch_rejected: AtomicU64,
     pub targets_rejected: AtomicU64,
-    /// Last round summary: echoes sent / received since the last status.
-    pub sent: AtomicU64,
-    pub received: AtomicU64,
 }
 
-/// Settings the round tasks read at the start of every round.
-struct Shared {
-    pinger: Pinger,
-    limiter: RateLimiter,
-    outbox: Arc<Outbox>,
-    identity: watch::Receiver<Identity>,
-    ping: watch::Receiver<PingSettings>,
-    stats: Arc<AgentStats>,
-    /// Proof of progress for the watchdog: bumped by every round.
-    heartbeat: Arc<AtomicU64>,
+/// The engine's plan for these settings.
+pub fn plan(settings: &AgentSettings, instance: &str, once: bool) -> Plan {
+    Plan {
+        ping: settings.ping,
+        max_rate: settings.max_rate,
+        seed: format!("{}/{instance}", settings.name),
+        once,
+    }
 }
 
-/// The set of running target tasks.
+/// A fresh random instance id: tells two agents of the same name apart.
+pub fn new_instance() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// A round as published on `ping/{target}`.
+pub fn to_result(identity: &Identity, r: RoundResult) -> PingResult {
+    let received = r.rtts.iter().flatten().count() as u32;
+    PingResult {
+        agent: identity.name.clone(),
+        labels: identity.labels.clone(),
+        target: r.target.as_str().to_owned(),
+        addr: r.addr,
+        timestamp: humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.slot_ms))
+            .to_string(),
+        interval: r.interval.as_secs_f64(),
+        sent: r.sent,
+        received,
+        rtt: RttStats::from_rtts(&r.rtts),
+        rtts: r.rtts,
+        error: r.error,
+    }
+}
+
+/// The target list the engine runs, cut to `max_targets`.
 pub struct Scheduler {
-    shared: Arc<Shared>,
-    running: HashMap<Target, CancellationToken>,
-    tracker: TaskTracker,
-    stop: CancellationToken,
+    engine: Engine,
+    targets: Vec<Target>,
     max_targets: usize,
 }
 
 impl Scheduler {
     /// Applies a new target list: added targets start, removed ones stop,
-    /// unchanged ones keep their schedule. Lists longer than `max_targets`
-    /// are cut (logged).
+    /// unchanged ones keep their slot unless the even spread moves it.
+    /// Lists longer than `max_targets` are cut (logged).
     pub fn apply(&mut self, mut targets: Vec<Target>) {
         if targets.len() > self.max_targets {
             let cut: Vec<String> = targets[self.max_targets..]
@@ -85,168 +100,41 @@ impl Scheduler {
             );
             targets.truncate(self.max_targets);
         }
-        let wanted: std::collections::HashSet<&Target> = targets.iter().collect();
-        let before = self.running.len();
-        self.running.retain(|t, token| {
-            let keep = wanted.contains(t);
-            if !keep {
+        let old: std::collections::HashSet<&Target> = self.targets.iter().collect();
+        let new: std::collections::HashSet<&Target> = targets.iter().collect();
+        let (mut added, mut removed) = (0usize, 0usize);
+        for t in self.targets.iter().filter(|t| !new.contains(t)) {
+            removed += 1;
+            if removed <= 100 {
                 tracing::info!(target = %t, "target removed");
-                token.cancel();
             }
-            keep
-        });
-        let kept = self.running.len();
-        for t in targets {
-            if self.running.contains_key(&t) {
-                continue;
+        }
+        for t in targets.iter().filter(|t| !old.contains(t)) {
+            added += 1;
+            if added <= 100 {
+                tracing::info!(target = %t, "target added");
             }
-            tracing::info!(target = %t, "target added");
-            let token = self.stop.child_token();
-            self.running.insert(t.clone(), token.clone());
-            let shared = self.shared.clone();
-            self.tracker.spawn(run_target(shared, t, token));
         }
         tracing::info!(
-            targets = self.running.len(),
-            removed = before - kept,
-            added = self.running.len() - kept,
+            targets = targets.len(),
+            removed,
+            added,
             "target list applied"
         );
+        self.engine.set_targets(targets.clone());
+        self.targets = targets;
     }
 
     pub fn len(&self) -> usize {
-        self.running.len()
+        self.targets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
+        self.targets.is_empty()
     }
 
     pub fn set_max_targets(&mut self, n: usize) {
         self.max_targets = n;
-    }
-}
-
-/// Offset of a target's rounds within the interval, in milliseconds.
-fn offset_ms(agent: &str, target: &Target, interval_ms: u64) -> u64 {
-    let mut h = DefaultHasher::new();
-    agent.hash(&mut h);
-    target.hash(&mut h);
-    h.finish() % interval_ms.max(1)
-}
-
-/// The first slot strictly after `after_ms` (Unix milliseconds).
-fn next_slot(after_ms: u64, interval_ms: u64, offset_ms: u64) -> u64 {
-    let interval_ms = interval_ms.max(1);
-    let k = (after_ms.saturating_sub(offset_ms)) / interval_ms + 1;
-    k * interval_ms + offset_ms
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Resolves a target for this round (IPv4 and IPv6; first answer wins, in
-/// the system's preference order).
-async fn resolve(target: &Target) -> Result<IpAddr, String> {
-    if let Some(ip) = target.ip() {
-        return Ok(ip);
-    }
-    let mut addrs = tokio::net::lookup_host((target.as_str(), 0))
-        .await
-        .map_err(|e| format!("cannot resolve {target}: {e}"))?;
-    addrs
-        .find(|a| !protocol::forbidden_address(a.ip()))
-        .map(|a| a.ip())
-        .ok_or_else(|| format!("{target} resolves to no usable address"))
-}
-
-async fn run_target(shared: Arc<Shared>, target: Target, stop: CancellationToken) {
-    let ident = shared.pinger.ident();
-    let mut seq: u16 = 0;
-    let mut last_ms = unix_ms(SystemTime::now());
-    let topic = protocol::ping_topic(target.as_str());
-    loop {
-        let settings = *shared.ping.borrow();
-        let identity = shared.identity.borrow().clone();
-        let interval_ms = settings.interval.as_millis() as u64;
-        let slot = next_slot(
-            last_ms,
-            interval_ms,
-            offset_ms(&identity.name, &target, interval_ms),
-        );
-        let now = unix_ms(SystemTime::now());
-        let wait = Duration::from_millis(slot.saturating_sub(now));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
-        }
-        last_ms = slot;
-        let round = async {
-            let addr = resolve(&target).await;
-            let (addr, outcome) = match addr {
-                Ok(addr) => {
-                    let o = shared
-                        .pinger
-                        .round(addr, ident, &mut seq, &settings, &shared.limiter)
-                        .await;
-                    (Some(addr), o)
-                }
-                Err(e) => {
-                    tracing::debug!(target = %target, error = %e, "resolution failed");
-                    (
-                        None,
-                        crate::ping::RoundOutcome {
-                            sent: 0,
-                            rtts: Vec::new(),
-                            error: Some(e),
-                        },
-                    )
-                }
-            };
-            let received = outcome.rtts.iter().flatten().count() as u32;
-            PingResult {
-                agent: identity.name.clone(),
-                labels: identity.labels.clone(),
-                target: target.as_str().to_owned(),
-                addr,
-                timestamp: humantime::format_rfc3339_millis(
-                    UNIX_EPOCH + Duration::from_millis(slot),
-                )
-                .to_string(),
-                interval: settings.interval.as_secs_f64(),
-                sent: outcome.sent,
-                received,
-                rtt: RttStats::from_rtts(&outcome.rtts),
-                rtts: outcome.rtts,
-                error: outcome.error,
-            }
-        };
-        // SIGTERM stops pinging at once: a round cut short is not published.
-        let result = tokio::select! {
-            r = round => r,
-            _ = stop.cancelled() => return,
-        };
-        tracing::debug!(target = %target, sent = result.sent, received = result.received, "round done");
-        shared.stats.rounds.fetch_add(1, Ordering::Relaxed);
-        shared
-            .stats
-            .sent
-            .fetch_add(result.sent as u64, Ordering::Relaxed);
-        shared
-            .stats
-            .received
-            .fetch_add(result.received as u64, Ordering::Relaxed);
-        shared.heartbeat.fetch_add(1, Ordering::Relaxed);
-        match serde_json::to_vec(&result) {
-            Ok(payload) => shared.outbox.push(Message {
-                topic: topic.clone(),
-                payload,
-            }),
-            Err(e) => tracing::error!(target = %target, error = %e, "cannot serialize result"),
-        }
     }
 }
 
@@ -279,24 +167,31 @@ pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStat
 #[derive(Clone)]
 pub struct AgentView {
     pub stats: Arc<AgentStats>,
+    pub engine: Arc<crate::ping::EngineStats>,
+    pub mode: Mode,
     pub outbox: Arc<Outbox>,
     pub link: watch::Receiver<LinkState>,
     pub targets: watch::Receiver<usize>,
-    /// Bumped by rounds and by the MQTT event loop.
+    /// Bumped by finished rounds and by the MQTT event loop.
     pub heartbeat: Arc<AtomicU64>,
     /// Broker connection attempts so far.
     pub attempts: watch::Receiver<u64>,
+    /// Another agent uses our name (set by the link), with what it saw.
+    pub clash: watch::Receiver<Option<String>>,
+    /// Echoes sent / received at the last status line.
+    last: Arc<(AtomicU64, AtomicU64)>,
 }
 
 /// A running agent: change its settings with [`Agent::reload`], stop it with
 /// [`Agent::shutdown`].
 pub struct Agent {
     settings: AgentSettings,
+    instance: String,
     identity_tx: watch::Sender<Identity>,
-    ping_tx: watch::Sender<PingSettings>,
+    plan_tx: watch::Sender<Plan>,
     link_tx: watch::Sender<LinkConfig>,
     max_targets_tx: watch::Sender<usize>,
-    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
     stop_pinging: CancellationToken,
     drain: CancellationToken,
     main: tokio::task::JoinHandle<()>,
@@ -312,10 +207,22 @@ fn shuffled(brokers: &[crate::config::Broker]) -> Vec<crate::config::Broker> {
     b
 }
 
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Sockets(#[from] crate::ping::OpenError),
+    #[error("cannot watch the ICMP sockets: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 impl Agent {
     /// Opens the ICMP sockets and starts the link and the scheduler.
-    pub fn start(settings: AgentSettings) -> Result<Agent, crate::ping::PingError> {
-        let pinger = Pinger::new()?;
+    pub fn start(settings: AgentSettings) -> Result<Agent, StartError> {
+        let sockets = Sockets::open()?;
+        let mode = sockets.mode;
+        tracing::info!(mode = ?mode, "ICMP echo through {}", mode.describe());
+        let instance = new_instance();
         let outbox = Arc::new(Outbox::new(settings.max_queued));
         let stats = Arc::new(AgentStats::default());
         let heartbeat = Arc::new(AtomicU64::new(0));
@@ -323,26 +230,41 @@ impl Agent {
             name: settings.name.clone(),
             labels: settings.labels.clone(),
         });
-        let (ping_tx, ping) = watch::channel(settings.ping);
         let brokers = shuffled(&settings.brokers);
-        tracing::info!(agent = %settings.name, brokers = ?brokers.iter().map(|b| b.to_string()).collect::<Vec<_>>(), "agent starting");
+        tracing::info!(agent = %settings.name, instance = %instance, brokers = ?brokers.iter().map(|b| b.to_string()).collect::<Vec<_>>(), "agent starting");
         let (link_tx, link_rx) = watch::channel(LinkConfig {
             name: settings.name.clone(),
+            instance: instance.clone(),
             brokers,
             keepalive: settings.keepalive,
         });
-        let shared = Arc::new(Shared {
-            pinger,
-            limiter: RateLimiter::new(settings.max_rate),
-            outbox: outbox.clone(),
-            identity,
-            ping,
-            stats: stats.clone(),
-            heartbeat: heartbeat.clone(),
+        let stop_pinging = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let sink_outbox = outbox.clone();
+        let sink_heartbeat = heartbeat.clone();
+        let sink: crate::ping::Sink = Box::new(move |r: RoundResult| {
+            let topic = protocol::ping_topic(r.target.as_str());
+            let result = to_result(&identity.borrow(), r);
+            sink_heartbeat.fetch_add(1, Ordering::Relaxed);
+            match serde_json::to_vec(&result) {
+                Ok(payload) => sink_outbox.push(Message { topic, payload }),
+                Err(e) => {
+                    tracing::error!(target = %result.target, error = %e, "cannot serialize result")
+                }
+            }
         });
+        let engine = Engine::spawn(
+            sockets,
+            plan(&settings, &instance, false),
+            sink,
+            stop_pinging.clone(),
+            &tracker,
+        )?;
+        let engine_stats = engine.stats.clone();
         let (watch_tx, mut watch_rx) = mpsc::channel::<Vec<u8>>(16);
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
         let (attempts_tx, attempts_rx) = watch::channel(0u64);
+        let (clash_tx, clash_rx) = watch::channel(None);
         let (targets_tx, targets_rx) = watch::channel(0usize);
         let drain = CancellationToken::new();
         let link = tokio::spawn(mqtt::run_agent_link(
@@ -353,16 +275,14 @@ impl Agent {
                 state_tx,
                 heartbeat: heartbeat.clone(),
                 attempts: attempts_tx,
+                clash: clash_tx,
             },
             drain.clone(),
         ));
-        let stop_pinging = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let (plan_tx, mut plan_rx) = watch::channel(plan(&settings, &instance, false));
         let mut scheduler = Scheduler {
-            shared: shared.clone(),
-            running: HashMap::new(),
-            tracker: tracker.clone(),
-            stop: stop_pinging.clone(),
+            engine,
+            targets: Vec::new(),
             max_targets: settings.max_targets,
         };
         let (max_targets_tx, mut max_targets_rx) = watch::channel(settings.max_targets);
@@ -394,25 +314,34 @@ impl Agent {
                             targets_tx.send_replace(scheduler.len());
                         }
                     }
+                    changed = plan_rx.changed() => {
+                        if changed.is_err() { break; }
+                        scheduler.engine.set_plan(plan_rx.borrow_and_update().clone());
+                    }
                     _ = main_stop.cancelled() => break,
                 }
             }
         });
         let view = AgentView {
             stats,
-            outbox,
+            engine: engine_stats,
+            mode,
+            outbox: outbox.clone(),
             link: state_rx,
             targets: targets_rx,
             heartbeat,
             attempts: attempts_rx,
+            clash: clash_rx,
+            last: Arc::default(),
         };
         Ok(Agent {
             settings,
+            instance,
             identity_tx,
-            ping_tx,
+            plan_tx,
             link_tx,
             max_targets_tx,
-            shared,
+            outbox,
             stop_pinging,
             drain,
             main,
@@ -425,8 +354,8 @@ impl Agent {
 
 impl Agent {
     /// Applies new (validated) settings; returns what changed. Brokers,
-    /// name and keepalive reconnect; ping settings apply from each target's
-    /// next round; limits at once.
+    /// name and keepalive reconnect; ping settings and the rate apply from
+    /// each target's next round; other limits at once.
     pub fn reload(&mut self, new: AgentSettings) -> Vec<&'static str> {
         let old = &self.settings;
         let mut changed = Vec::new();
@@ -443,15 +372,16 @@ impl Agent {
             }
         }
         if new.ping != old.ping {
-            self.ping_tx.send_replace(new.ping);
             changed.push("ping");
         }
         if new.max_rate != old.max_rate {
-            self.shared.limiter.set_rate(new.max_rate);
             changed.push("limits.max_rate");
         }
+        if new.ping != old.ping || new.max_rate != old.max_rate || new.name != old.name {
+            self.plan_tx.send_replace(plan(&new, &self.instance, false));
+        }
         if new.max_queued != old.max_queued {
-            self.shared.outbox.set_capacity(new.max_queued);
+            self.outbox.set_capacity(new.max_queued);
             changed.push("limits.max_queued");
         }
         if new.max_targets != old.max_targets {
@@ -477,6 +407,7 @@ impl Agent {
             }
             self.link_tx.send_replace(LinkConfig {
                 name: new.name.clone(),
+                instance: self.instance.clone(),
                 brokers,
                 keepalive: new.keepalive,
             });
@@ -488,28 +419,97 @@ impl Agent {
         changed
     }
 
-    /// Stops pinging, publishes what is queued (at most [`DRAIN_TIMEOUT`]),
-    /// publishes the shutdown notice and disconnects.
+    /// Stops pinging; while a broker is connected, publishes what is queued
+    /// (at most [`DRAIN_TIMEOUT`]) and the shutdown notice, then
+    /// disconnects. Without a broker it stops at once, saying how many
+    /// results were queued (and so are lost), if any.
     pub async fn shutdown(self) {
         self.stop_pinging.cancel();
         self.tracker.close();
         self.tracker.wait().await;
         let _ = self.main.await;
-        let queued = self.shared.outbox.len();
+        let queued = self.outbox.len();
+        let connected = matches!(*self.view.link.borrow(), LinkState::Connected(_));
+        let mut link = self.link;
+        if !connected {
+            link.abort();
+            if queued > 0 {
+                tracing::warn!(
+                    unsent = queued,
+                    "no broker connected: the queued results are lost"
+                );
+            } else {
+                tracing::info!("no broker connected; no result was waiting");
+            }
+            return;
+        }
         tracing::info!(queued, "pinging stopped; flushing queued results");
         self.drain.cancel();
-        let mut link = self.link;
         if tokio::time::timeout(DRAIN_TIMEOUT, &mut link)
             .await
             .is_err()
         {
             link.abort();
-            tracing::warn!(
-                unsent = self.shared.outbox.len(),
-                "no broker took the queued results in time: they are lost"
-            );
+            let unsent = self.outbox.len();
+            if unsent > 0 {
+                tracing::warn!(
+                    unsent,
+                    "the broker did not take the queued results in time: they are lost"
+                );
+            } else {
+                tracing::warn!("the broker did not acknowledge the shutdown notice in time");
+            }
         }
     }
+}
+
+/// What to grant when no ICMP socket can be opened.
+pub const NO_PERMISSION_HELP: &str = "the agent needs CAP_NET_RAW for raw ICMP sockets \
+(its systemd unit grants it; or run it as root, or `setcap cap_net_raw+ep` on the binary), \
+or its group allowed to open datagram ping sockets \
+(sysctl net.ipv4.ping_group_range=\"GID GID\")";
+
+/// One human line: link, mode, targets, interval, echoes, queue, skips.
+pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
+    let link = match &*v.link.borrow() {
+        LinkState::Connected(b) => format!("connected to {b}"),
+        LinkState::Connecting => "connecting".to_owned(),
+        LinkState::Backoff => "no broker reachable, retrying".to_owned(),
+        LinkState::Stopped => "stopped".to_owned(),
+    };
+    let e = &v.engine;
+    let sent = e.sent.load(Ordering::Relaxed);
+    let received = e.received.load(Ordering::Relaxed);
+    let last_sent = v.last.0.swap(sent, Ordering::Relaxed);
+    let last_received = v.last.1.swap(received, Ordering::Relaxed);
+    let interval_ms = e.interval_ms.load(Ordering::Relaxed);
+    let stretched = if interval_ms > settings.ping.interval.as_millis() as u64 {
+        format!(
+            " (stretched from {}s by limits.max_rate)",
+            settings.ping.interval.as_secs_f64()
+        )
+    } else {
+        String::new()
+    };
+    let clash = match &*v.clash.borrow() {
+        Some(c) => format!("NAME CLASH: {c}; "),
+        None => String::new(),
+    };
+    format!(
+        "{clash}{link}; {mode}; {} targets every {}s{stretched}; {} rounds, {} slots skipped; last period {}/{} echoes answered; {} queued, {} dropped",
+        *v.targets.borrow(),
+        interval_ms as f64 / 1000.0,
+        e.rounds.load(Ordering::Relaxed),
+        e.skipped.load(Ordering::Relaxed),
+        received.saturating_sub(last_received),
+        sent.saturating_sub(last_sent),
+        v.outbox.len(),
+        v.outbox.dropped(),
+        mode = match v.mode {
+            Mode::Raw => "raw ICMP",
+            Mode::Datagram => "datagram ICMP",
+        },
+    )
 }
 
 impl crate::daemon::DaemonSettings for AgentSettings {
@@ -534,11 +534,7 @@ impl crate::daemon::Service for Agent {
     const WORKER_THREADS: usize = 1;
 
     async fn start(settings: AgentSettings) -> Result<Self, crate::daemon::StartError> {
-        use crate::daemon::StartError;
-        // Checked before opening sockets, so the message says what to grant.
-        if !crate::daemon::has_net_raw() {
-            return Err(StartError::NoPermission(crate::daemon::NET_RAW_HELP.into()));
-        }
+        use crate::daemon::StartError as E;
         let keepalive = settings.keepalive;
         match Agent::start(settings) {
             Ok(a) => {
@@ -552,31 +548,15 @@ impl crate::daemon::Service for Agent {
                 .await;
                 Ok(a)
             }
-            Err(crate::ping::PingError::Permission(e)) => Err(StartError::NoPermission(format!(
-                "{e}: {}",
-                crate::daemon::NET_RAW_HELP
-            ))),
-            Err(e) => Err(StartError::Other(e.into())),
+            Err(StartError::Sockets(e @ crate::ping::OpenError::Permission { .. })) => {
+                Err(E::NoPermission(format!("{e}: {}", NO_PERMISSION_HELP)))
+            }
+            Err(e) => Err(E::Other(e.into())),
         }
     }
 
     fn status(&self) -> String {
-        let v = &self.view;
-        let link = match &*v.link.borrow() {
-            LinkState::Connected(b) => format!("connected to {b}"),
-            LinkState::Connecting => "connecting".to_owned(),
-            LinkState::Backoff => "no broker reachable, retrying".to_owned(),
-            LinkState::Stopped => "stopped".to_owned(),
-        };
-        let sent = v.stats.sent.swap(0, Ordering::Relaxed);
-        let received = v.stats.received.swap(0, Ordering::Relaxed);
-        format!(
-            "{link}; {} targets; {} rounds; last period {received}/{sent} echoes answered; {} queued, {} dropped",
-            *v.targets.borrow(),
-            v.stats.rounds.load(Ordering::Relaxed),
-            v.outbox.len(),
-            v.outbox.dropped(),
-        )
+        status_line(&self.view, &self.settings)
     }
 
     async fn reload(&mut self, new: AgentSettings) -> Vec<&'static str> {
@@ -597,36 +577,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rounds_of_many_targets_are_spread_over_the_interval() {
-        let interval = 60_000;
-        let mut buckets = [0u32; 10];
-        for i in 0..1000 {
-            let t: Target = format!("10.0.{}.{}", i / 250, i % 250 + 1).parse().unwrap();
-            let off = offset_ms("probe-1", &t, interval);
-            assert!(off < interval);
-            buckets[(off * 10 / interval) as usize] += 1;
-        }
-        // 100 per bucket on average; never a pile-up.
-        assert!(
-            buckets.iter().all(|&n| (50..=150).contains(&n)),
-            "{buckets:?}"
+    fn a_round_becomes_a_result_stamped_with_its_slot() {
+        let identity = Identity {
+            name: "probe".into(),
+            labels: BTreeMap::from([("provider".to_owned(), "x".to_owned())]),
+        };
+        let r = to_result(
+            &identity,
+            RoundResult {
+                target: "127.0.0.1".parse().unwrap(),
+                addr: Some("127.0.0.1".parse().unwrap()),
+                slot_ms: 1_700_000_000_250,
+                interval: Duration::from_millis(100_500),
+                sent: 2,
+                rtts: vec![Some(0.5), None],
+                error: None,
+            },
         );
-    }
-
-    #[test]
-    fn agents_do_not_hit_a_target_at_the_same_moment() {
-        let t: Target = "example.com".parse().unwrap();
-        let offsets: std::collections::HashSet<u64> = (0..20)
-            .map(|i| offset_ms(&format!("probe-{i}"), &t, 60_000))
-            .collect();
-        assert!(offsets.len() >= 18, "{offsets:?}");
-    }
-
-    #[test]
-    fn slots_are_one_interval_apart_and_strictly_after() {
-        assert_eq!(next_slot(10_000, 1000, 250), 10_250);
-        assert_eq!(next_slot(10_250, 1000, 250), 11_250);
-        assert_eq!(next_slot(10_249, 1000, 250), 10_250);
-        assert_eq!(next_slot(0, 60_000, 0), 60_000);
+        assert_eq!(r.timestamp, "2023-11-14T22:13:20.250Z");
+        assert_eq!(r.interval, 100.5);
+        assert_eq!((r.sent, r.received), (2, 1));
+        assert_eq!(r.labels["provider"], "x");
     }
 }
