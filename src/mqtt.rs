@@ -249,10 +249,13 @@ pub async fn run_agent_link(
     }
 }
 
-fn will(name: &str) -> LastWill {
+/// The will of a session that started at `since` (RFC 3339): the time
+/// makes each session's notice distinct, and the same for every indexer.
+fn will(name: &str, since: &str) -> LastWill {
     let payload = serde_json::to_vec(&Rip {
         agent: name.to_owned(),
         reason: RipReason::Lost,
+        since: Some(since.to_owned()),
     })
     .unwrap_or_default();
     LastWill::new(protocol::rip_topic(name), payload, QoS::AtLeastOnce, false)
@@ -356,7 +359,8 @@ async fn agent_session(
         cfg.keepalive,
         true,
     );
-    opts.set_last_will(will(&cfg.name));
+    let session_start = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    opts.set_last_will(will(&cfg.name, &session_start));
     let (client, mut el) = client(opts, cfg.keepalive);
     let connected = connect(&mut el, cfg.keepalive).await;
     h.attempts.send_modify(|n| *n += 1);
@@ -414,6 +418,7 @@ async fn agent_session(
                 payload: serde_json::to_vec(&Rip {
                     agent: cfg.name.clone(),
                     reason: RipReason::Shutdown,
+                    since: Some(session_start.clone()),
                 })
                 .unwrap_or_default(),
             };

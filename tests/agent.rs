@@ -384,10 +384,16 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
         .next_matching(10 * SEC, |m| m.topic == "rip/agent/probe-killed")
         .await
         .expect("last will");
+    let j = will.json();
     assert_eq!(
-        will.json(),
-        serde_json::json!({"agent": "probe-killed", "reason": "lost"})
+        (&j["agent"], &j["reason"]),
+        (
+            &serde_json::json!("probe-killed"),
+            &serde_json::json!("lost")
+        )
     );
+    // The session's start identifies the notice (one document id everywhere).
+    assert!(j["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{j}");
 
     let cfg = config(&dir, "probe-stopped", &[broker.addr()]);
     let mut agent = start_agent(&cfg);
@@ -403,10 +409,16 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
         .next_matching(5 * SEC, |m| m.topic == "rip/agent/probe-stopped")
         .await
         .expect("shutdown notice");
+    let j = notice.json();
     assert_eq!(
-        notice.json(),
-        serde_json::json!({"agent": "probe-stopped", "reason": "shutdown"})
+        (&j["agent"], &j["reason"]),
+        (
+            &serde_json::json!("probe-stopped"),
+            &serde_json::json!("shutdown")
+        )
     );
+    // The session's start identifies the notice (one document id everywhere).
+    assert!(j["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{j}");
     // A clean stop sends no will.
     let after = sub.drain_for(3 * SEC).await;
     assert!(
