@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::fake_es::{FakeEs, Flavor};
-use common::fixtures::{indexer_config, publish_results, result_json};
+use common::fixtures::{indexer_config, publish_results, result_json, ts};
 use common::mosquitto::Mosquitto;
 use common::mqtt::publish;
 
@@ -95,10 +95,10 @@ async fn a_result_through_two_brokers_is_one_document() {
     let mut idx = start_indexer(&cfg);
     idx.wait_log(&["subscribed", &a.addr()], 10 * SEC).await;
     idx.wait_log(&["subscribed", &b.addr()], 10 * SEC).await;
-    let r = result_json("ag", "127.0.0.1", "2026-11-25T10:00:00.000Z");
+    let r = result_json("ag", "127.0.0.1", &ts(0));
     publish(a.port, "ping/127.0.0.1", &r, false).await;
     publish(b.port, "ping/127.0.0.1", &r, false).await;
-    let sentinel = result_json("ag", "127.0.0.1", "2026-11-25T10:01:00.000Z");
+    let sentinel = result_json("ag", "127.0.0.1", &ts(1));
     publish(a.port, "ping/127.0.0.1", &sentinel, false).await;
     publish(b.port, "ping/127.0.0.1", &sentinel, false).await;
     es.wait_for_docs(2).await;
@@ -153,7 +153,7 @@ async fn nothing_is_lost_across_an_outage_and_a_crash() {
     // Restart, still down, one more result, then a crash.
     let mut idx = start_indexer(&cfg);
     idx.wait_log(&["subscribed"], 10 * SEC).await;
-    let late = result_json("ag", "127.0.0.1", "2026-11-25T10:30:00.000Z");
+    let late = result_json("ag", "127.0.0.1", &ts(30));
     publish(a.port, "ping/127.0.0.1", &late, false).await;
     idx.wait_log(&["documents written", "total=1"], 10 * SEC)
         .await;
@@ -161,7 +161,7 @@ async fn nothing_is_lost_across_an_outage_and_a_crash() {
     idx.wait(5 * SEC).await;
     es.set_down(false).await;
     // A result that arrives while the indexer is down waits in the broker.
-    let last = result_json("ag", "127.0.0.1", "2026-11-25T11:00:00.000Z");
+    let last = result_json("ag", "127.0.0.1", &ts(60));
     publish(a.port, "ping/127.0.0.1", &last, false).await;
     let mut idx = start_indexer(&cfg);
     es.wait_for_docs(22).await;
@@ -182,14 +182,14 @@ async fn refused_documents_go_to_the_dead_letter_file() {
     publish(
         a.port,
         "ping/bad.example",
-        &result_json("ag", "bad.example", "2026-11-25T10:00:00.000Z"),
+        &result_json("ag", "bad.example", &ts(0)),
         false,
     )
     .await;
     publish(
         a.port,
         "ping/good.example",
-        &result_json("ag", "good.example", "2026-11-25T10:00:00.000Z"),
+        &result_json("ag", "good.example", &ts(0)),
         false,
     )
     .await;

@@ -386,6 +386,7 @@ impl Indexer {
                 t.comp.ended().await;
             }
         }
+        tracing::info!(status = %self.status(), "final counts");
         if let Some(spool) = &self.spool {
             if let Ok(s) = spool.stats().await {
                 if s.pending > 0 {

@@ -49,16 +49,22 @@ pub struct Item {
 
 /// The acknowledgement of one message, sent once its document is durable.
 pub struct Ack {
+    client: AsyncClient,
     tx: mpsc::UnboundedSender<Publish>,
     publish: Publish,
     pub broker: Arc<BrokerStats>,
 }
 
 impl Ack {
-    /// Queues the PUBACK; never blocks. If the connection is gone, the
-    /// broker redelivers on the next one (and the writer finds a duplicate).
+    /// Sends the PUBACK; never blocks: straight into rumqttc's request
+    /// channel when it has room, else through the connection's acker (the
+    /// broker matches PUBACKs by packet id, so their order does not
+    /// matter). If the connection is gone, the broker redelivers on the
+    /// next one (and the writer finds a duplicate).
     pub fn send(self) {
-        let _ = self.tx.send(self.publish);
+        if self.client.try_ack(&self.publish).is_err() {
+            let _ = self.tx.send(self.publish);
+        }
     }
 }
 
@@ -181,6 +187,7 @@ pub async fn run(
                             let item = Item {
                                 doc,
                                 ack: Ack {
+                                    client: client.clone(),
                                     tx: ack_tx.clone(),
                                     publish: p,
                                     broker: counters.clone(),

@@ -225,7 +225,9 @@ async fn supervise<F, Fut>(
 {
     let mut backoff = Backoff::new(Duration::from_secs(1).min(max_backoff), max_backoff);
     loop {
-        c.set_idle(false);
+        // Idle until the run says otherwise: it may not have been polled
+        // yet when the next liveness check comes.
+        c.set_idle(true);
         let run = tokio::spawn(make(c.clone()));
         let why = match run.await {
             Ok(Ok(())) => return,

@@ -90,6 +90,33 @@ impl Daemon {
         })
     }
 
+    /// Waits for a line containing every one of `needles` that comes after
+    /// the lines already emitted (earlier matches do not count).
+    pub async fn wait_new_log(&mut self, needles: &[&str], within: Duration) -> String {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
+        }
+        let seen = self.log.len();
+        let found = tokio::time::timeout(within, async {
+            while let Some(l) = self.lines.recv().await {
+                self.log.push(l.clone());
+                if needles.iter().all(|n| l.contains(n)) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        found.unwrap_or_else(|| {
+            panic!(
+                "no new log line with {needles:?} within {within:?}; seen since:\n{}",
+                self.log[seen..].join("\n")
+            )
+        })
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id().expect("running") as i32
     }
