@@ -248,8 +248,7 @@ async fn a_failed_spool_commit_backs_off_and_never_resends_the_batch() {
     fs.fill(0);
     es.set_down(false).await;
     es.wait_for_docs(10).await;
-    idx.wait_new_log(&["cannot commit the spool"], 10 * SEC)
-        .await;
+    idx.wait_log(&["cannot commit the spool"], 10 * SEC).await;
     fs.free_up();
     let sentinel = result_json("ag", "127.0.0.1", &ts(30));
     publish(a.port, "ping/127.0.0.1", &sentinel, false).await;
@@ -281,7 +280,7 @@ async fn a_spool_read_error_is_retried_and_reported_not_the_end_of_the_drain() {
     let aside = dir.path().join("aside");
     std::fs::rename(&seg, &aside).unwrap();
     es.set_down(false).await;
-    idx.wait_new_log(&["cannot read the spool", "retrying"], 10 * SEC)
+    idx.wait_log(&["cannot read the spool", "retrying"], 10 * SEC)
         .await;
     idx.wait_new_log(&["cannot read the spool", "retrying"], 10 * SEC)
         .await;

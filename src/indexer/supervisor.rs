@@ -22,7 +22,10 @@ use crate::backoff::Backoff;
 
 /// How often liveness is checked (the daemon's watchdog period is far
 /// longer: 30 s by default).
-pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// A component neither progressing nor idle for this long is wedged (a
+/// slow fsync or a long batch is not).
+pub const WEDGED_AFTER: Duration = Duration::from_secs(5);
 
 /// What a component says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub struct Component {
     idle: AtomicBool,
     /// Progress seen at the last liveness check.
     checked: AtomicU64,
+    /// When the last liveness check found it live.
+    last_live: Mutex<std::time::Instant>,
     health: Mutex<Health>,
     /// Restarts after a failure.
     pub restarts: AtomicU64,
@@ -56,6 +61,7 @@ impl Component {
             progress: AtomicU64::new(0),
             idle: AtomicBool::new(true),
             checked: AtomicU64::new(0),
+            last_live: Mutex::new(std::time::Instant::now()),
             health: Mutex::new(Health::Ok),
             restarts: AtomicU64::new(0),
             ended: tokio::sync::watch::channel(false).0,
@@ -106,11 +112,17 @@ impl Component {
         self.set_health(Health::Degraded(why.into()));
     }
 
-    /// Progress since the last check, or idle now.
-    fn live(&self) -> bool {
+    /// Whether it was live (progress since the previous check, or idle
+    /// now) at some check within `after`.
+    fn live_within(&self, after: Duration) -> bool {
         let now = self.progress.load(Ordering::Relaxed);
         let before = self.checked.swap(now, Ordering::Relaxed);
-        now != before || self.idle.load(Ordering::Relaxed)
+        let mut last = self.last_live.lock().unwrap_or_else(|p| p.into_inner());
+        if now != before || self.idle.load(Ordering::Relaxed) {
+            *last = std::time::Instant::now();
+            return true;
+        }
+        last.elapsed() <= after
     }
 }
 
@@ -136,7 +148,7 @@ impl Supervisor {
             loop {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { return };
-                let wedged = s.wedged();
+                let wedged = s.wedged(WEDGED_AFTER);
                 if wedged.is_empty() {
                     s.heartbeat.fetch_add(1, Ordering::Relaxed);
                 } else if wedged != wedged_before {
@@ -152,12 +164,12 @@ impl Supervisor {
         self.components.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Names of the components that neither progressed nor idled since the
-    /// last call.
-    pub fn wedged(&self) -> Vec<String> {
+    /// Names of the components that neither progressed nor idled for
+    /// longer than `after`.
+    pub fn wedged(&self, after: Duration) -> Vec<String> {
         self.list()
             .iter()
-            .filter(|c| !c.live())
+            .filter(|c| !c.live_within(after))
             .map(|c| c.name.clone())
             .collect()
     }
@@ -310,12 +322,16 @@ mod tests {
         while comp.idle.load(Ordering::Relaxed) {
             tokio::task::yield_now().await;
         }
-        let _ = sup.wedged();
-        assert_eq!(sup.wedged(), ["stuck"]);
+        let _ = sup.wedged(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(sup.wedged(Duration::ZERO), ["stuck"]);
+        assert!(sup.wedged(Duration::from_secs(60)).is_empty(), "not yet");
+        // (The background check may see the progress first: either way
+        // it counts as live just now.)
         comp.progress();
-        assert!(sup.wedged().is_empty());
+        assert!(sup.wedged(Duration::from_millis(100)).is_empty());
         comp.set_idle(true);
-        assert!(sup.wedged().is_empty());
+        assert!(sup.wedged(Duration::ZERO).is_empty());
         cancel.cancel();
         sup.wait().await;
     }
