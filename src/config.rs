@@ -255,29 +255,27 @@ pub fn hostname() -> String {
         .to_owned()
 }
 
-/// A name usable in a topic level and a client id.
-fn check_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
+/// Why `name` cannot be an agent or indexer name (a topic level and a
+/// client id), or `None` when it can. The indexer refuses results whose
+/// `agent` fails this, so both sides agree on what a name is.
+pub fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
-        return Err(ConfigError::invalid(
-            file,
-            key,
-            "must not be empty (the host name is used when absent)",
-        ));
+        return Some("must not be empty (the host name is used when absent)".into());
     }
     if name.len() > 128 {
-        return Err(ConfigError::invalid(file, key, "longer than 128 bytes"));
+        return Some("longer than 128 bytes".into());
     }
-    if let Some(c) = name
-        .chars()
+    name.chars()
         .find(|c| matches!(c, '+' | '#' | '/' | '$') || c.is_control() || c.is_whitespace())
-    {
-        return Err(ConfigError::invalid(
-            file,
-            key,
-            format!("contains {c:?}, which cannot stand in an MQTT topic"),
-        ));
+        .map(|c| format!("contains {c:?}, which cannot stand in an MQTT topic"))
+}
+
+/// A name usable in a topic level and a client id.
+fn check_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
+    match name_problem(name) {
+        Some(why) => Err(ConfigError::invalid(file, key, why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn positive(file: &Path, key: &str, d: Duration) -> Result<Duration, ConfigError> {

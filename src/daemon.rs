@@ -448,6 +448,10 @@ pub trait Service: Sized + Send {
     ) -> impl std::future::Future<Output = Vec<&'static str>> + Send;
     /// Bumped by tasks that prove progress.
     fn heartbeat(&self) -> Arc<AtomicU64>;
+    /// True when `heartbeat` moves only while every part of the service is
+    /// live (each making progress or honestly idle): the main loop's own
+    /// turns then do not count as progress for the watchdog.
+    const HEARTBEAT_IS_LIVENESS: bool = false;
     /// Stops and drains in bounded time.
     fn shutdown(self) -> impl std::future::Future<Output = ()> + Send;
 }
@@ -616,8 +620,11 @@ pub async fn serve<S: Service>(
                 }
             },
             _ = tick.tick() => {
-                // The main loop turning is progress too.
-                heartbeat.fetch_add(1, Ordering::Relaxed);
+                // The main loop turning is progress too, unless the
+                // service proves its liveness part by part.
+                if !S::HEARTBEAT_IS_LIVENESS {
+                    heartbeat.fetch_add(1, Ordering::Relaxed);
+                }
                 notify_status(&status_line(&service, &reload_error));
             }
         }

@@ -42,18 +42,59 @@ pub enum DocumentError {
     BadInterval(f64),
 }
 
-/// Stable document id of a result: hex SHA-1 of `agent NUL target NUL
-/// timestamp`. The same result delivered through several brokers or
-/// indexers gets the same id, so Elasticsearch stores it once.
-pub fn doc_id(result: &PingResult) -> String {
-    let (agent, target, timestamp) = result.key();
-    hash_id(&[agent, target, timestamp])
+/// Latest instant an RFC 3339 timestamp can hold, 9999-12-31T23:59:59.999Z
+/// (formatting anything later would panic).
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// Parses an RFC 3339 UTC timestamp (`Z`, or an offset of `+00:00` /
+/// `-00:00`; any number of fractional digits) and returns the instant with
+/// its canonical text: `YYYY-MM-DDTHH:MM:SS.mmmZ`, truncated to the
+/// millisecond. One instant has one canonical text, hence one document id.
+pub fn canonical_timestamp(text: &str) -> Result<(SystemTime, String), DocumentError> {
+    let bad = || DocumentError::BadTimestamp(text.to_owned());
+    let utc = match text
+        .strip_suffix("+00:00")
+        .or_else(|| text.strip_suffix("-00:00"))
+    {
+        Some(head) => std::borrow::Cow::Owned(format!("{head}Z")),
+        None => std::borrow::Cow::Borrowed(text),
+    };
+    let at = humantime::parse_rfc3339(&utc).map_err(|_| bad())?;
+    let ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| bad())?
+        .as_millis();
+    if ms > u128::from(MAX_RFC3339_MS) {
+        return Err(bad());
+    }
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64);
+    Ok((at, humantime::format_rfc3339_millis(at).to_string()))
 }
 
-/// Stable document id of a lifecycle notice received at `at`.
+/// Stable document id of a result: hex SHA-1 of `agent NUL target NUL
+/// timestamp`, with the timestamp in its canonical text. The same result
+/// delivered through several brokers or indexers, whichever way its
+/// timestamp was written, gets the same id, so Elasticsearch stores it once.
+pub fn doc_id(result: &PingResult) -> String {
+    let (agent, target, timestamp) = result.key();
+    match canonical_timestamp(timestamp) {
+        Ok((_, ts)) => hash_id(&[agent, target, &ts]),
+        Err(_) => hash_id(&[agent, target, timestamp]),
+    }
+}
+
+/// Stable document id of a lifecycle notice: from what the agent sent
+/// (agent, reason and the start of the agent's session, `since`), so every
+/// indexer, and every redelivery, gives one notice one id. Notices of agents
+/// that do not send `since` fall back to the receive time `at`.
 pub fn rip_doc_id(rip: &Rip, at: SystemTime) -> String {
-    let at = humantime::format_rfc3339_millis(at).to_string();
-    hash_id(&[&rip.agent, rip.reason.as_str(), &at])
+    match rip.since.as_deref().map(canonical_timestamp) {
+        Some(Ok((_, since))) => hash_id(&[&rip.agent, rip.reason.as_str(), &since]),
+        _ => {
+            let at = humantime::format_rfc3339_millis(at).to_string();
+            hash_id(&[&rip.agent, rip.reason.as_str(), &at])
+        }
+    }
 }
 
 fn hash_id(parts: &[&str]) -> String {
@@ -122,16 +163,18 @@ fn insert_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
 
 /// The check document of one result (the `_source` to index).
 pub fn result_document(r: &PingResult) -> Result<Value, DocumentError> {
-    let start = humantime::parse_rfc3339(&r.timestamp)
-        .map_err(|_| DocumentError::BadTimestamp(r.timestamp.clone()))?;
+    let (start, ts) = canonical_timestamp(&r.timestamp)?;
     let interval = Duration::try_from_secs_f64(r.interval)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or(DocumentError::BadInterval(r.interval))?;
     let end = start
         .checked_add(interval)
+        .filter(|end| {
+            end.duration_since(SystemTime::UNIX_EPOCH)
+                .is_ok_and(|d| d.as_millis() <= u128::from(MAX_RFC3339_MS))
+        })
         .ok_or(DocumentError::BadInterval(r.interval))?;
-    let ts = humantime::format_rfc3339_millis(start).to_string();
     let end = humantime::format_rfc3339_millis(end).to_string();
     let id = doc_id(r);
     let up = r.received > 0;
@@ -564,6 +607,52 @@ mod tests {
     }
 
     #[test]
+    fn one_instant_written_three_ways_is_one_id() {
+        let mut ids = std::collections::HashSet::new();
+        for ts in [
+            "2026-11-25T12:00:00.123Z",
+            "2026-11-25T12:00:00.123+00:00",
+            "2026-11-25T12:00:00.1230Z",
+            "2026-11-25T12:00:00.123456Z",
+        ] {
+            let mut r = sample();
+            r.timestamp = ts.into();
+            ids.insert(doc_id(&r));
+            let d = result_document(&r).unwrap();
+            assert_eq!(d["@timestamp"], "2026-11-25T12:00:00.123Z");
+        }
+        assert_eq!(ids.len(), 1);
+    }
+
+    #[test]
+    fn the_last_instants_rfc_3339_can_write_are_errors_not_panics() {
+        let mut r = sample();
+        r.timestamp = "9999-12-31T23:59:59.999Z".into();
+        assert!(result_document(&r).is_err());
+        r.timestamp = "9999-12-31T23:59:59.999999Z".into();
+        assert!(result_document(&r).is_err());
+        let _ = doc_id(&r);
+        assert!(canonical_timestamp("9999-12-31T23:59:59.999Z").is_ok());
+    }
+
+    #[test]
+    fn notice_ids_come_from_what_the_agent_sent() {
+        let rip = Rip {
+            agent: "a".into(),
+            reason: RipReason::Lost,
+            since: Some("2026-11-25T12:00:00Z".into()),
+        };
+        let t1 = SystemTime::now();
+        let t2 = t1 + Duration::from_secs(3);
+        assert_eq!(rip_doc_id(&rip, t1), rip_doc_id(&rip, t2));
+        let other = Rip {
+            since: Some("2026-11-25T12:05:00Z".into()),
+            ..rip.clone()
+        };
+        assert_ne!(rip_doc_id(&rip, t1), rip_doc_id(&other, t1));
+    }
+
+    #[test]
     fn non_finite_rtts_are_dropped() {
         let mut r = sample();
         r.rtts = vec![Some(f64::NAN), Some(1.5)];
@@ -677,6 +766,7 @@ mod tests {
         let lost = Rip {
             agent: "a1".into(),
             reason: RipReason::Lost,
+            since: None,
         };
         let d = rip_document(&lost, at);
         assert_eq!(d["@timestamp"], "2026-11-25T12:00:05.250Z");
@@ -686,6 +776,7 @@ mod tests {
         let shut = Rip {
             agent: "a1".into(),
             reason: RipReason::Shutdown,
+            since: None,
         };
         assert_eq!(rip_document(&shut, at)["event"]["action"], "shutdown");
         assert_ne!(rip_doc_id(&lost, at), rip_doc_id(&shut, at));

@@ -40,8 +40,10 @@ pub struct FileOutput {
     /// Rotated files kept (`path.1` newest ... `path.<keep>` oldest).
     keep: u32,
     file: File,
-    /// Current size of `path`, in bytes.
+    /// Size of `path` up to its last whole line, in bytes.
     size: u64,
+    /// A failed write left bytes past `size` that could not be cut yet.
+    torn: bool,
 }
 
 impl FileOutput {
@@ -63,6 +65,7 @@ impl FileOutput {
             keep: settings.keep,
             file,
             size,
+            torn: false,
         })
     }
 
@@ -117,16 +120,29 @@ impl FileOutput {
         self.file.sync_data().map_err(io_err("sync", &self.path))
     }
 
+    /// Cuts a torn tail left by a failed write and a failed cut.
+    fn mend(&mut self) -> Result<(), FileOutputError> {
+        if self.torn {
+            self.file
+                .set_len(self.size)
+                .map_err(io_err("truncate", &self.path))?;
+            self.torn = false;
+        }
+        Ok(())
+    }
+
     fn write_buf(&mut self, buf: &mut Vec<u8>) -> Result<(), FileOutputError> {
         if buf.is_empty() {
             return Ok(());
         }
+        self.mend()?;
         if let Err(e) = self.file.write_all(buf) {
-            // Part of the buffer may have landed: count what is there.
-            self.size = self
-                .file
-                .metadata()
-                .map_or(self.size + buf.len() as u64, |m| m.len());
+            // Part of the buffer may have landed: cut it off, so the next
+            // write does not continue a torn line. If even that fails, the
+            // next write starts by cutting again (see `mend`).
+            if self.file.set_len(self.size).is_err() {
+                self.torn = true;
+            }
             return Err(io_err("write", &self.path)(e));
         }
         self.size += buf.len() as u64;

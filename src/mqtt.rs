@@ -264,21 +264,24 @@ struct AgentRip {
     instance: Option<String>,
 }
 
-fn rip_payload(cfg: &LinkConfig, reason: RipReason) -> Vec<u8> {
+/// The notice of a session that started at `since` (RFC 3339): the time
+/// makes each session's notice distinct, and the same for every indexer.
+fn rip_payload(cfg: &LinkConfig, reason: RipReason, since: &str) -> Vec<u8> {
     serde_json::to_vec(&AgentRip {
         rip: Rip {
             agent: cfg.name.clone(),
             reason,
+            since: Some(since.to_owned()),
         },
         instance: Some(cfg.instance.clone()),
     })
     .unwrap_or_default()
 }
 
-fn will(cfg: &LinkConfig) -> LastWill {
+fn will(cfg: &LinkConfig, since: &str) -> LastWill {
     LastWill::new(
         protocol::rip_topic(&cfg.name),
-        rip_payload(cfg, RipReason::Lost),
+        rip_payload(cfg, RipReason::Lost, since),
         QoS::AtLeastOnce,
         false,
     )
@@ -458,7 +461,8 @@ async fn agent_session(
         cfg.keepalive,
         true,
     );
-    opts.set_last_will(will(cfg));
+    let session_start = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    opts.set_last_will(will(cfg, &session_start));
     let (client, mut el) = client(opts, cfg.keepalive);
     let connected = connect(&mut el, cfg.keepalive).await;
     h.attempts.send_modify(|n| *n += 1);
@@ -518,7 +522,7 @@ async fn agent_session(
         if draining && !notice_sent && inflight.is_empty() && h.outbox.is_empty() {
             let notice = Message {
                 topic: rip_topic.clone(),
-                payload: rip_payload(cfg, RipReason::Shutdown),
+                payload: rip_payload(cfg, RipReason::Shutdown, &session_start),
             };
             if client
                 .try_publish(

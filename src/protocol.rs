@@ -328,6 +328,10 @@ impl RipReason {
 pub struct Rip {
     pub agent: String,
     pub reason: RipReason,
+    /// When the agent's session with this broker started (RFC 3339 UTC,
+    /// milliseconds): with `agent` and `reason` it identifies the notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 #[cfg(test)]
@@ -451,6 +455,7 @@ mod tests {
         let rip = serde_json::to_string(&Rip {
             agent: "a".into(),
             reason: RipReason::Lost,
+            since: None,
         })
         .unwrap();
         assert_eq!(rip, r#"{"agent":"a","reason":"lost"}"#);

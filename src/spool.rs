@@ -176,6 +176,7 @@ impl Spool {
         };
 
         let seqs = list_segments(dir)?;
+        let mut salvaged: Vec<Vec<u8>> = Vec::new();
         let mut next_seq = seqs.last().map_or(1, |s| s + 1);
         let mut segments = VecDeque::new();
         let mut head = None;
@@ -195,14 +196,19 @@ impl Spool {
             };
             let scan = scan_segment(&path, stop)?;
             if let Some(why) = scan.damage {
+                // Acknowledged records may follow one bad frame: keep every
+                // valid frame found past it (moved to a new segment).
+                let found = salvage(&path, scan.len)?;
                 warn!(
                     segment = %path.display(),
                     kept_bytes = scan.len,
                     cut_bytes = scan.disk - scan.len,
+                    salvaged_records = found.len(),
                     "spool segment has a {why}: cutting it off"
                 );
                 corrupt += 1;
                 truncate(&path, scan.len)?;
+                salvaged.extend(found);
             }
             if let Some((hseg, hend)) = stored_head {
                 if hseg == seq {
@@ -231,6 +237,24 @@ impl Spool {
             next_seq = next_seq.max(hseg + 1);
         }
 
+        if !salvaged.is_empty() {
+            let mut file = create_segment(dir, next_seq)?;
+            let mut buf = Vec::new();
+            for r in &salvaged {
+                push_frame(&mut buf, r);
+            }
+            let path = segment_path(dir, next_seq);
+            file.write_all(&buf)
+                .and_then(|()| file.sync_data())
+                .map_err(io_err("write segment", &path))?;
+            segments.push_back(Segment {
+                seq: next_seq,
+                len: buf.len() as u64,
+                disk: buf.len() as u64,
+                records: salvaged.len() as u64,
+            });
+            next_seq += 1;
+        }
         let writer = match segments.back() {
             Some(last) => {
                 let path = segment_path(dir, last.seq);
@@ -378,7 +402,14 @@ impl Spool {
         // Why persist before deleting: a crash in between then only leaves
         // consumed segments behind, which open() removes, never a head that
         // falls back to an older position.
-        write_head(&self.dir, upto)?;
+        let persisted = write_head(&self.dir, upto);
+        // On a failure (typically a full disk) the segments are deleted
+        // all the same, to free space: a crash before the next successful
+        // commit then finds the stored head's segment gone and starts at
+        // the oldest remaining one, which only delivers again records that
+        // were already stored (their ids make that harmless). The position
+        // advances in memory either way: the caller is told, but never sent
+        // round the same batch again.
         while let Some(seg) = self.segments.front().filter(|s| s.seq < upto.seg) {
             if let Err(e) = remove_if_exists(&segment_path(&self.dir, seg.seq)) {
                 // Left on disk, and open() removes it as consumed.
@@ -388,7 +419,11 @@ impl Spool {
         }
         self.head = upto;
         self.collect_consumed();
-        Ok(())
+        match persisted {
+            Ok(()) => Ok(()),
+            // Space may have been freed just now.
+            Err(_) => write_head(&self.dir, upto),
+        }
     }
 
     /// Number of records appended and not yet committed.
@@ -449,15 +484,19 @@ impl Spool {
             .write_all(buf)
             .and_then(|()| self.writer.sync_data());
         if let Err(e) = written {
-            // Why seal: the file may now hold part of the batch past `len`,
-            // and appending after it would misplace positions.
-            self.writer_sealed = true;
+            // The file may now hold part of the batch past `len`: cut it
+            // back. Why seal when that fails: appending after the partial
+            // batch would misplace positions (a new segment is started).
+            // When the cut works, the segment stays usable, so a full disk
+            // does not leave one empty segment per retry.
             let disk = match self.writer.set_len(last.len) {
                 Ok(()) => last.len,
-                Err(_) => self
-                    .writer
-                    .metadata()
-                    .map_or(last.len + buf.len() as u64, |m| m.len()),
+                Err(_) => {
+                    self.writer_sealed = true;
+                    self.writer
+                        .metadata()
+                        .map_or(last.len + buf.len() as u64, |m| m.len())
+                }
             };
             if let Some(seg) = self.segments.back_mut() {
                 seg.disk = disk;
@@ -672,6 +711,37 @@ fn scan_segment(path: &Path, stop: u64) -> Result<Scan, SpoolError> {
     Ok(scan)
 }
 
+/// The valid frames of the segment at `path` past a damaged one at
+/// `from`: each offset is tried as a frame header until a frame's length
+/// and crc check out, then frames are followed from there.
+fn salvage(path: &Path, from: u64) -> Result<Vec<Vec<u8>>, SpoolError> {
+    let mut file = File::open(path).map_err(io_err("open segment", path))?;
+    let mut data = Vec::new();
+    file.seek(SeekFrom::Start(from))
+        .and_then(|_| file.read_to_end(&mut data))
+        .map_err(io_err("read segment", path))?;
+    let mut out = Vec::new();
+    let header = FRAME_HEADER as usize;
+    // The damaged frame itself starts at 0: skip it.
+    let mut at = 1usize;
+    while at + header <= data.len() {
+        let len_bytes = [data[at], data[at + 1], data[at + 2], data[at + 3]];
+        let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let end = at.checked_add(header).and_then(|s| s.checked_add(len));
+        match end {
+            Some(end)
+                if end <= data.len() && frame_crc(len_bytes, &data[at + header..end]) == crc =>
+            {
+                out.push(data[at + header..end].to_vec());
+                at = end;
+            }
+            _ => at += 1,
+        }
+    }
+    Ok(out)
+}
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{SEGMENT_PREFIX}{seq:016}{SEGMENT_SUFFIX}"))
 }
@@ -816,13 +886,17 @@ impl SharedSpool {
     }
 
     /// [`Spool::append`], then wakes tasks in [`SharedSpool::wait_for_records`].
-    pub async fn append<R>(&self, records: Vec<R>) -> Result<(), SpoolError>
+    /// Returns the counters after the append (one trip to the blocking pool).
+    pub async fn append<B, R>(&self, records: B) -> Result<SpoolStats, SpoolError>
     where
-        R: AsRef<[u8]> + Send + 'static,
+        B: AsRef<[R]> + Send + 'static,
+        R: AsRef<[u8]>,
     {
-        self.run(move |s| s.append(&records)).await?;
+        let stats = self
+            .run(move |s| s.append(records.as_ref()).map(|()| s.stats()))
+            .await?;
         self.inner.appended.notify_waiters();
-        Ok(())
+        Ok(stats)
     }
 
     /// [`Spool::read`].
@@ -834,9 +908,9 @@ impl SharedSpool {
         self.run(move |s| s.read(max_records, max_bytes)).await
     }
 
-    /// [`Spool::commit`].
-    pub async fn commit(&self, upto: Position) -> Result<(), SpoolError> {
-        self.run(move |s| s.commit(upto)).await
+    /// [`Spool::commit`]; returns the counters after it.
+    pub async fn commit(&self, upto: Position) -> Result<SpoolStats, SpoolError> {
+        self.run(move |s| s.commit(upto).map(|()| s.stats())).await
     }
 
     /// [`Spool::stats`].
@@ -1102,7 +1176,7 @@ mod tests {
     }
 
     #[test]
-    fn crc_corruption_mid_segment_cuts_from_there() {
+    fn one_bad_frame_at_open_loses_only_that_frame() {
         let dir = tempfile::tempdir().unwrap();
         let recs: Vec<Vec<u8>> = (0..6).map(|i| rec(i, 200)).collect();
         {
@@ -1116,8 +1190,16 @@ mod tests {
         fs::write(&seg, &bytes).unwrap();
         let mut spool = Spool::open(dir.path(), BUDGET).unwrap();
         assert_eq!(spool.corrupt(), 1);
-        assert_eq!(spool.len(), 2);
-        assert_eq!(drain(&mut spool), recs[..2].to_vec());
+        // The acknowledged records behind the bad one are kept.
+        assert_eq!(spool.len(), 5);
+        let mut expected = recs[..2].to_vec();
+        expected.extend_from_slice(&recs[3..]);
+        assert_eq!(drain(&mut spool), expected);
+        drop(spool);
+        // Nothing left to salvage the next time.
+        let spool = Spool::open(dir.path(), BUDGET).unwrap();
+        assert_eq!(spool.corrupt(), 0);
+        assert!(spool.is_empty());
     }
 
     #[test]

@@ -392,6 +392,8 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
     );
     // The instance id tells two agents of one name apart.
     assert!(j["instance"].as_str().is_some_and(|i| i.len() == 16), "{j}");
+    // The session's start identifies the notice (one document id everywhere).
+    assert!(j["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{j}");
 
     let cfg = config(&dir, "probe-stopped", &[broker.addr()]);
     let mut agent = start_agent(&cfg);
@@ -413,6 +415,8 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
         (Some("probe-stopped"), Some("shutdown")),
         "{j}"
     );
+    // The session's start identifies the notice (one document id everywhere).
+    assert!(j["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{j}");
     // A clean stop sends no will.
     let after = sub.drain_for(3 * SEC).await;
     assert!(

@@ -362,3 +362,45 @@ async fn records_of_crates_using_the_log_crate_reach_the_same_output() {
         idx.log
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexer_status_names_a_failing_part_and_the_watchdog_follows_liveness() {
+    let mut a = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("indexer.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "brokers: [\"{}\"]\nkeepalive: 1s\nstate_dir: {}\nfile: {{path: {}/out.ndjson}}\n",
+            a.addr(),
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut notify = Notify::bind(dir.path());
+    let _idx = Daemon::spawn(
+        INDEXER,
+        &["-c", cfg.to_str().unwrap()],
+        &[notify.env(), ("WATCHDOG_USEC", "1000000")],
+    );
+    notify.expect(&["READY=1"], 10 * SEC).await;
+    notify.expect(&["STATUS=brokers up 1/1"], 10 * SEC).await;
+    // Every part live (sessions idle between messages): petted.
+    notify.expect(&["WATCHDOG=1"], 3 * SEC).await;
+    notify.expect(&["WATCHDOG=1"], 3 * SEC).await;
+    // A broker gone: STATUS= says which part is not ok, not "ok".
+    a.kill().await;
+    let status = notify.expect(&["STATUS=brokers up 0/1"], 10 * SEC).await;
+    let status = if status.contains("PROBLEMS") {
+        status
+    } else {
+        notify.expect(&["STATUS=brokers up 0/1"], 10 * SEC).await
+    };
+    assert!(
+        status.contains(&format!("PROBLEMS: broker {}", a.addr())),
+        "{status}"
+    );
+    // Waiting to reconnect is honest idleness: still petted.
+    notify.expect(&["WATCHDOG=1"], 3 * SEC).await;
+}

@@ -194,6 +194,7 @@ fn samples() -> Vec<Value> {
     let rip = Rip {
         agent: "probe-paris-1".into(),
         reason: RipReason::Lost,
+        since: Some("2026-11-25T12:00:00.000Z".into()),
     };
     let mut docs = check_documents(Flavor::Uptime);
     docs.extend(check_documents(synthetics()));

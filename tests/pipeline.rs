@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::fake_es::{FakeEs, Flavor};
-use common::fixtures::{indexer_config, publish_results, result_json};
+use common::fixtures::{indexer_config, publish_results, result_json, ts};
 use common::mosquitto::Mosquitto;
 use common::mqtt::publish;
+use common::smallfs::SmallFs;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_swarming-agent");
 const INDEXER: &str = env!("CARGO_BIN_EXE_swarming-indexer");
@@ -97,10 +98,10 @@ async fn a_result_through_two_brokers_is_one_document() {
     let mut idx = start_indexer(&cfg);
     idx.wait_log(&["subscribed", &a.addr()], 10 * SEC).await;
     idx.wait_log(&["subscribed", &b.addr()], 10 * SEC).await;
-    let r = result_json("ag", "127.0.0.1", "2026-11-25T10:00:00.000Z");
+    let r = result_json("ag", "127.0.0.1", &ts(0));
     publish(a.port, "ping/127.0.0.1", &r, false).await;
     publish(b.port, "ping/127.0.0.1", &r, false).await;
-    let sentinel = result_json("ag", "127.0.0.1", "2026-11-25T10:01:00.000Z");
+    let sentinel = result_json("ag", "127.0.0.1", &ts(1));
     publish(a.port, "ping/127.0.0.1", &sentinel, false).await;
     publish(b.port, "ping/127.0.0.1", &sentinel, false).await;
     es.wait_for_docs(2).await;
@@ -155,7 +156,7 @@ async fn nothing_is_lost_across_an_outage_and_a_crash() {
     // Restart, still down, one more result, then a crash.
     let mut idx = start_indexer(&cfg);
     idx.wait_log(&["subscribed"], 10 * SEC).await;
-    let late = result_json("ag", "127.0.0.1", "2026-11-25T10:30:00.000Z");
+    let late = result_json("ag", "127.0.0.1", &ts(30));
     publish(a.port, "ping/127.0.0.1", &late, false).await;
     idx.wait_log(&["documents written", "total=1"], 10 * SEC)
         .await;
@@ -163,7 +164,7 @@ async fn nothing_is_lost_across_an_outage_and_a_crash() {
     idx.wait(5 * SEC).await;
     es.set_down(false).await;
     // A result that arrives while the indexer is down waits in the broker.
-    let last = result_json("ag", "127.0.0.1", "2026-11-25T11:00:00.000Z");
+    let last = result_json("ag", "127.0.0.1", &ts(60));
     publish(a.port, "ping/127.0.0.1", &last, false).await;
     let mut idx = start_indexer(&cfg);
     es.wait_for_docs(22).await;
@@ -184,14 +185,14 @@ async fn refused_documents_go_to_the_dead_letter_file() {
     publish(
         a.port,
         "ping/bad.example",
-        &result_json("ag", "bad.example", "2026-11-25T10:00:00.000Z"),
+        &result_json("ag", "bad.example", &ts(0)),
         false,
     )
     .await;
     publish(
         a.port,
         "ping/good.example",
-        &result_json("ag", "good.example", "2026-11-25T10:00:00.000Z"),
+        &result_json("ag", "good.example", &ts(0)),
         false,
     )
     .await;
@@ -218,4 +219,133 @@ async fn refused_documents_go_to_the_dead_letter_file() {
         .log
         .iter()
         .any(|l| l.contains("results kept in the spool")));
+}
+
+/// `create` items sent in every `_bulk` request so far.
+fn bulk_items(es: &FakeEs) -> usize {
+    es.bulk_requests()
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .lines()
+                .filter(|l| l.starts_with("{\"create\""))
+                .count()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_spool_commit_backs_off_and_never_resends_the_batch() {
+    let a = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::Elasticsearch8).await;
+    let fs = SmallFs::mount(1024 * 1024);
+    let cfg = es_config(fs.path(), &[a.addr()], &[], &es.url());
+    es.set_down(true).await;
+    let mut idx = start_indexer(&cfg);
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
+    publish_results(a.port, "ag", "127.0.0.1", 10).await;
+    idx.wait_log(&["documents written", "total=10"], 10 * SEC)
+        .await;
+    // The disk fills up: the commit after delivery cannot be persisted.
+    fs.fill(0);
+    es.set_down(false).await;
+    es.wait_for_docs(10).await;
+    idx.wait_log(&["cannot commit the spool"], 10 * SEC).await;
+    fs.free_up();
+    let sentinel = result_json("ag", "127.0.0.1", &ts(30));
+    publish(a.port, "ping/127.0.0.1", &sentinel, false).await;
+    es.wait_for_docs(11).await;
+    assert_eq!(bulk_items(&es), 11, "a stored batch was sent again");
+    idx.signal("TERM");
+    assert_eq!(idx.wait(20 * SEC).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_read_error_is_retried_and_reported_not_the_end_of_the_drain() {
+    let a = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::Elasticsearch8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = es_config(dir.path(), &[a.addr()], &[], &es.url());
+    es.set_down(true).await;
+    let mut idx = start_indexer(&cfg);
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
+    publish_results(a.port, "ag", "127.0.0.1", 10).await;
+    idx.wait_log(&["documents written", "total=10"], 10 * SEC)
+        .await;
+    // The segment becomes unreadable (gone from under the spool).
+    let spool = dir.path().join("spool");
+    let seg = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let aside = dir.path().join("aside");
+    std::fs::rename(&seg, &aside).unwrap();
+    es.set_down(false).await;
+    idx.wait_log(&["cannot read the spool", "retrying"], 10 * SEC)
+        .await;
+    idx.wait_new_log(&["cannot read the spool", "retrying"], 10 * SEC)
+        .await;
+    // Back: the drain goes on.
+    std::fs::rename(&aside, &seg).unwrap();
+    es.wait_for_docs(10).await;
+    idx.signal("TERM");
+    assert_eq!(idx.wait(20 * SEC).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_items_do_not_resend_the_template_and_policy() {
+    let a = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::Elasticsearch8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = es_config(dir.path(), &[a.addr()], &[], &es.url());
+    let mut idx = start_indexer(&cfg);
+    idx.wait_log(&["elasticsearch ready"], 10 * SEC).await;
+    let puts = es.template_puts();
+    es.set_first_attempt_status(Some(503));
+    publish_results(a.port, "ag", "127.0.0.1", 5).await;
+    es.wait_for_docs(5).await;
+    let sentinel = result_json("ag", "127.0.0.1", &ts(30));
+    publish(a.port, "ping/127.0.0.1", &sentinel, false).await;
+    es.wait_for_docs(6).await;
+    assert_eq!(es.template_puts(), puts, "template sent again");
+    idx.signal("TERM");
+    assert_eq!(idx.wait(20 * SEC).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_through_two_brokers_and_two_indexers_is_one_document() {
+    let a = Mosquitto::start().await;
+    let b = Mosquitto::start().await;
+    let es = FakeEs::start(Flavor::Elasticsearch8).await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c1 = es_config(d1.path(), &[a.addr(), b.addr()], &[], &es.url());
+    let mut i1 = start_indexer(&c1);
+    let c2 = indexer_config(
+        d2.path(),
+        "idx-other",
+        &[a.addr(), b.addr()],
+        &[],
+        &format!(
+            "elasticsearch: {{url: \"{}\", flush_interval: 100ms}}\n",
+            es.url()
+        ),
+    );
+    let mut i2 = start_indexer(&c2);
+    for i in [&mut i1, &mut i2] {
+        i.wait_log(&["subscribed", &a.addr()], 10 * SEC).await;
+        i.wait_log(&["subscribed", &b.addr()], 10 * SEC).await;
+    }
+    let notice = br#"{"agent":"ag","reason":"lost","since":"2026-12-01T10:00:00.000Z"}"#;
+    publish(a.port, "rip/agent/ag", notice, false).await;
+    publish(b.port, "rip/agent/ag", notice, false).await;
+    // Received at different times by four sessions; stored once.
+    let sentinel = result_json("ag", "127.0.0.1", &ts(0));
+    publish(b.port, "ping/127.0.0.1", &sentinel, false).await;
+    es.wait_for_docs(2).await;
+    for i in [&mut i1, &mut i2] {
+        i.signal("TERM");
+        assert_eq!(i.wait(20 * SEC).await.code(), Some(0));
+    }
+    assert_eq!(es.doc_count(), 2, "{:#?}", es.docs(INDEX));
 }

@@ -21,9 +21,11 @@ chmod 644 "$work/m.conf"
 mosquitto -c "$work/m.conf" >/dev/null 2>&1 & pids+=($!)
 sleep 0.5
 
-# M distinct results, one per line.
-awk -v m="$M" 'BEGIN { for (i = 0; i < m; i++) {
-    printf "{\"agent\":\"bench-%d\",\"labels\":{\"provider\":\"x\",\"location\":\"Lab\"},\"target\":\"127.0.0.1\",\"addr\":\"127.0.0.1\",\"timestamp\":\"2026-11-25T%02d:%02d:%02d.%03dZ\",\"interval\":60.0,\"sent\":5,\"received\":5,\"rtt\":{\"min\":0.04,\"avg\":0.05,\"max\":0.06,\"stddev\":0.01},\"rtts\":[0.04,0.05,0.06,0.05,0.05]}\n", i % 50, int(i / 3600000) % 24, int(i / 60000) % 60, int(i / 1000) % 60, i % 1000 } }' > "$work/results.ndjson"
+# M distinct results, one per line, timestamped within the last hour (the
+# indexer refuses results older than 30 days).
+hour=$(date -u -d '1 hour ago' +%Y-%m-%dT%H)
+awk -v m="$M" -v hour="$hour" 'BEGIN { for (i = 0; i < m; i++) {
+    printf "{\"agent\":\"bench-%d\",\"labels\":{\"provider\":\"x\",\"location\":\"Lab\"},\"target\":\"127.0.0.1\",\"addr\":\"127.0.0.1\",\"timestamp\":\"%s:%02d:%02d.%03dZ\",\"interval\":60.0,\"sent\":5,\"received\":5,\"rtt\":{\"min\":0.04,\"avg\":0.05,\"max\":0.06,\"stddev\":0.01},\"rtts\":[0.04,0.05,0.06,0.05,0.05]}\n", i % 50, hour, int(i / 60000) % 60, int(i / 1000) % 60, i % 1000 } }' > "$work/results.ndjson"
 
 now() { date +%s.%N; }
 report() { awk -v n="$1" -v m="$M" -v a="$2" -v b="$3" 'BEGIN { printf "%-22s %7d messages in %6.2f s: %8.0f msg/s\n", n, m, b - a, m / (b - a) }'; }

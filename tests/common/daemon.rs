@@ -90,6 +90,53 @@ impl Daemon {
         })
     }
 
+    /// The number of lines emitted so far, for [`Daemon::wait_log_after`].
+    pub fn mark(&mut self) -> usize {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
+        }
+        self.log.len()
+    }
+
+    /// Waits for a line containing every one of `needles` that comes after
+    /// the lines already emitted (earlier matches do not count).
+    pub async fn wait_new_log(&mut self, needles: &[&str], within: Duration) -> String {
+        let mark = self.mark();
+        self.wait_log_after(mark, needles, within).await
+    }
+
+    /// Waits for a line containing every one of `needles` among the lines
+    /// emitted after `mark` (see [`Daemon::mark`]).
+    pub async fn wait_log_after(
+        &mut self,
+        mark: usize,
+        needles: &[&str],
+        within: Duration,
+    ) -> String {
+        let matches = |l: &str| needles.iter().all(|n| l.contains(n));
+        if let Some(l) = self.log.iter().skip(mark).find(|l| matches(l)) {
+            return l.clone();
+        }
+        let found = tokio::time::timeout(within, async {
+            while let Some(l) = self.lines.recv().await {
+                self.log.push(l.clone());
+                if matches(&l) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        found.unwrap_or_else(|| {
+            panic!(
+                "no log line with {needles:?} within {within:?}; seen since:\n{}",
+                self.log[mark.min(self.log.len())..].join("\n")
+            )
+        })
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id().expect("running") as i32
     }

@@ -39,11 +39,24 @@ pub fn result_json(agent: &str, target: &str, ts: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A result timestamp `minutes` after 10:00 UTC yesterday: in the past,
+/// and well within the month indexers accept.
+pub fn ts(minutes: u32) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let yesterday_10h = now - now % 86_400 - 86_400 + 10 * 3600;
+    let at = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(yesterday_10h + u64::from(minutes) * 60);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// Publishes `n` results of `agent` for `target`, one minute apart from
-/// 10:00 on 2026-11-25, each acknowledged by the broker.
+/// 10:00 yesterday ([`ts`]), each acknowledged by the broker.
 pub async fn publish_results(port: u16, agent: &str, target: &str, n: u32) {
     for i in 0..n {
-        let ts = format!("2026-11-25T{:02}:{:02}:00.000Z", 10 + i / 60, i % 60);
+        let ts = ts(i);
         super::mqtt::publish(
             port,
             &format!("ping/{target}"),

@@ -8,3 +8,4 @@ pub mod fake_es;
 pub mod fixtures;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod smallfs;

@@ -11,6 +11,8 @@ pub struct Mosquitto {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Configuration lines replacing the test defaults (see `start_with`).
+    conf: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -21,14 +23,25 @@ fn free_port() -> u16 {
 impl Mosquitto {
     /// Starts a broker on a free port; returns once it listens.
     pub async fn start() -> Mosquitto {
+        Mosquitto::start_conf(None).await
+    }
+
+    /// Starts a broker with mosquitto's own defaults (no queue or
+    /// persistence settings of ours) plus the `extra` configuration lines.
+    pub async fn start_with(extra: &str) -> Mosquitto {
+        Mosquitto::start_conf(Some(extra.to_owned())).await
+    }
+
+    async fn start_conf(conf: Option<String>) -> Mosquitto {
         for _ in 0..5 {
             let port = free_port();
             let dir = tempfile::tempdir().expect("tempdir");
-            if let Some(child) = spawn(port, &dir).await {
+            if let Some(child) = spawn(port, &dir, conf.as_deref()).await {
                 return Mosquitto {
                     port,
                     child: Some(child),
                     dir,
+                    conf,
                 };
             }
         }
@@ -65,7 +78,7 @@ impl Mosquitto {
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
         for _ in 0..50 {
-            if let Some(c) = spawn(self.port, &self.dir).await {
+            if let Some(c) = spawn(self.port, &self.dir, self.conf.as_deref()).await {
                 self.child = Some(c);
                 return;
             }
@@ -87,12 +100,13 @@ pub fn signal(pid: i32, sig: &str) {
 }
 
 /// Spawns mosquitto and waits for its "running" line (or its exit).
-async fn spawn(port: u16, dir: &tempfile::TempDir) -> Option<Child> {
+async fn spawn(port: u16, dir: &tempfile::TempDir, extra: Option<&str>) -> Option<Child> {
     let conf = dir.path().join("mosquitto.conf");
+    let tuning = extra.unwrap_or("max_queued_messages 10000\npersistence false\n");
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nmax_queued_messages 10000\npersistence false\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{tuning}"
         ),
     )
     .expect("write conf");

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Does the indexer keep up with its broker? One stock mosquitto (its
+# defaults: 20 messages in flight and 1000 queued per client, then drops),
+# the same results published three ways, taken once by a plain
+# `mosquitto_sub -q 1` (the anchor) and once by swarming-indexer storing
+# into an Elasticsearch stand-in (packaging/bench/es-standin.py, whose own
+# CPU is shown). Prints results/s received by mosquitto_sub and stored by
+# the indexer, the ratio, and CPU per result of the indexer, mosquitto and
+# the stand-in. Asserts nothing.
+#
+#   packaging/bench/indexer-vs-broker.sh [SECONDS]   (paced runs, default 6)
+#
+# Modes: unpaced (4 x mosquitto_pub -l, 25,000 results each, as fast as the
+# broker takes them), then paced at 10,000/s and 20,000/s (one publisher).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-6}
+for p in mosquitto mosquitto_sub mosquitto_pub python3 curl; do
+    command -v $p >/dev/null || { echo "needs $p (apt-get install mosquitto mosquitto-clients python3 curl)"; exit 1; }
+done
+cargo build --release --quiet --bin swarming-indexer
+work=$(mktemp -d); chmod 755 "$work"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user+system, 1/100 s
+hz=$(getconf CLK_TCK)
+
+# Results with recent timestamps (the indexer refuses those older than 30
+# days), distinct ids: agent bench-<file>-<i % 50>, one ms apart.
+gen() { # gen FILE COUNT TAG
+    python3 - "$1" "$2" "$3" <<'PY'
+import sys, time, datetime
+path, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+now = time.time() - 60
+with open(path, "w") as f:
+    for i in range(n):
+        t = datetime.datetime.fromtimestamp(now - i / 1000, datetime.timezone.utc)
+        ts = t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.microsecond // 1000)
+        f.write('{"agent":"bench-%s-%d","labels":{"provider":"x","location":"Lab"},"target":"127.0.0.1","addr":"127.0.0.1","timestamp":"%s","interval":60.0,"sent":5,"received":5,"rtt":{"min":0.04,"avg":0.05,"max":0.06,"stddev":0.01},"rtts":[0.04,0.05,0.06,0.05,0.05]}\n' % (tag, i % 50, ts))
+PY
+}
+# Paces lines from FILE at RATE/s onto stdout (10 ms ticks).
+pace() {
+    python3 - "$1" "$2" <<'PY'
+import sys, time
+lines = open(sys.argv[1], "rb").read().splitlines(keepends=True)
+rate = int(sys.argv[2]); out = sys.stdout.buffer; t0 = time.monotonic(); i = 0
+while i < len(lines):
+    due = min(len(lines), int((time.monotonic() - t0) * rate) + 1)
+    if due > i:
+        out.write(b"".join(lines[i:due])); out.flush(); i = due
+    time.sleep(0.002)
+PY
+}
+
+port=$(free_port)
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$work/m.conf"
+mosquitto -c "$work/m.conf" >/dev/null 2>&1 & mpid=$!; pids+=($mpid)
+esport=$(free_port)
+python3 packaging/bench/es-standin.py "$esport" & espid=$!; pids+=($espid)
+sleep 0.5
+
+# publish MODE: unpaced (4 files at once) or a rate
+publish() {
+    if [ "$1" = unpaced ]; then
+        local pp=()
+        for i in 0 1 2 3; do mosquitto_pub -p "$port" -q 1 -t ping/127.0.0.1 -l < "$work/in-$i" & pp+=($!); done
+        wait "${pp[@]}"
+    else
+        pace "$work/in-p" "$1" | mosquitto_pub -p "$port" -q 1 -t ping/127.0.0.1 -l
+    fi
+}
+
+# count_until_idle CMD: polls CMD (prints a count) until it stops growing
+# for 2 s; prints "count seconds-from-t0-to-last-growth".
+count_until_idle() {
+    local last=-1 at=$t0 n now
+    while :; do
+        n=$($1); now=$(date +%s.%N)
+        if [ "$n" != "$last" ]; then last=$n; at=$now
+        elif awk -v a="$at" -v b="$now" 'BEGIN { exit !(b - a > 2) }'; then break; fi
+        sleep 0.1
+    done
+    awk -v a="$t0" -v b="$at" -v n="$last" 'BEGIN { printf "%d %.3f\n", n, b - a }'
+}
+
+sub_count() { wc -l < "$work/sub.out"; }
+es_count() { curl -s "127.0.0.1:$esport/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
+
+printf '%-14s %9s %11s %11s %6s %9s %9s %9s  %s\n' mode published "sub/s" "indexer/s" ratio "idx us/r" "mosq us/r" "es us/r" "(delivered: sub, indexer)"
+run=0
+for mode in unpaced 10000 20000; do
+    run=$((run + 1))
+    if [ $mode = unpaced ]; then
+        n=100000
+        for i in 0 1 2 3; do gen "$work/in-$i" 25000 "$run$i"; done
+    else
+        n=$((mode * SECS))
+        gen "$work/in-p" "$n" "$run"
+    fi
+    # (a) mosquitto_sub
+    : > "$work/sub.out"
+    mosquitto_sub -p "$port" -q 1 -i "bench-sub-$run" -t 'ping/+' > "$work/sub.out" & spid=$!
+    sleep 0.5
+    m0=$(ticks $mpid); s0=$(ticks $spid)
+    t0=$(date +%s.%N)
+    publish $mode
+    read -r sn st < <(count_until_idle sub_count)
+    m1=$(ticks $mpid); s1=$(ticks $spid)
+    kill $spid; wait $spid 2>/dev/null || true
+    sub_mosq=$(awk -v a="$m0" -v b="$m1" -v n="$sn" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / (n > 0 ? n : 1) }')
+    # (b) the indexer (a fresh state directory, same input regenerated so
+    # that its ids are new to the stand-in)
+    if [ $mode = unpaced ]; then
+        for i in 0 1 2 3; do gen "$work/in-$i" 25000 "x$run$i"; done
+    else
+        gen "$work/in-p" "$n" "x$run"
+    fi
+    before=$(es_count)
+    rm -rf "$work/state"
+    cat > "$work/indexer.yaml" <<YAML
+name: bench$run
+brokers: ["127.0.0.1:$port"]
+state_dir: $work/state
+elasticsearch: {url: "http://127.0.0.1:$esport", flush_interval: 200ms}
+log: {level: warn}
+YAML
+    target/release/swarming-indexer -c "$work/indexer.yaml" --log stderr & ipid=$!; pids+=($ipid)
+    sleep 1
+    m0=$(ticks $mpid); i0=$(ticks $ipid); e0=$(ticks $espid)
+    t0=$(date +%s.%N)
+    publish $mode
+    read -r inn it < <(count_until_idle es_count)
+    inn=$((inn - before))
+    m1=$(ticks $mpid); i1=$(ticks $ipid); e1=$(ticks $espid)
+    kill -TERM $ipid; wait $ipid 2>/dev/null || true
+    awk -v mode="$mode" -v n="$n" -v sn="$sn" -v st="$st" -v inn="$inn" -v it="$it" \
+        -v i="$((i1 - i0))" -v m="$((m1 - m0))" -v e="$((e1 - e0))" -v hz="$hz" -v sm="$sub_mosq" 'BEGIN {
+        sr = sn / st; ir = inn / it; d = (inn > 0 ? inn : 1)
+        printf "%-14s %9d %11.0f %11.0f %6.2f %9.1f %9.1f %9.1f  (%d, %d)\n", mode (mode == "unpaced" ? "" : "/s"), n, sr, ir, ir / sr,
+            i / hz * 1e6 / d, m / hz * 1e6 / d, e / hz * 1e6 / d, sn, inn
+        printf "%-14s mosquitto CPU per message delivered to mosquitto_sub: %s us\n", "", sm }'
+done
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

@@ -1,0 +1,265 @@
+//! Intake and validation: every message a broker delivers passes through
+//! [`Intake::intake`], which turns it into a document or counts and skips
+//! it. Nothing here blocks, allocates without bound or panics on any input.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::document::{self, DocumentError};
+use crate::elasticsearch::BulkDoc;
+use crate::protocol::{self, PingResult, Rip};
+
+use super::agents::{AgentSeen, Agents, MAX_AGENTS};
+use super::stats::{BrokerStats, IndexerStats, Throttled};
+
+/// Oldest result timestamp accepted, relative to the indexer's clock:
+/// results may wait in an agent's outbox or a broker's persistent session,
+/// but a month is beyond any outage we keep data for.
+pub const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Furthest a result timestamp may be ahead of the indexer's clock (clock
+/// skew between hosts).
+pub const MAX_AHEAD: Duration = Duration::from_secs(3600);
+
+/// Why a message was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0} bytes, over the {max}-byte limit", max = protocol::MAX_RESULT_BYTES)]
+    Oversized(usize),
+    #[error("not a result: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("target field differs from the topic")]
+    TargetMismatch,
+    #[error("agent name {name:?}: {why}")]
+    AgentName { name: String, why: String },
+    #[error("received {received} > sent {sent}")]
+    MoreReceivedThanSent { sent: u32, received: u32 },
+    #[error("timestamp {0} is outside the accepted window (30 days back, 1 hour ahead)")]
+    OutOfWindow(String),
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
+
+/// State shared by the broker sessions.
+pub struct Intake {
+    pub stats: Arc<IndexerStats>,
+    agents: Mutex<Agents>,
+    bad_log: Throttled,
+    news_log: Throttled,
+    notice_log: Throttled,
+    /// Shapes check documents for the configured Kibana app (fixed until restart).
+    shaper: document::CheckShaper,
+}
+
+impl Intake {
+    pub fn new(stats: Arc<IndexerStats>, shaper: document::CheckShaper) -> Self {
+        Intake {
+            shaper,
+            stats,
+            agents: Mutex::new(Agents::new(MAX_AGENTS)),
+            bad_log: Throttled::new(Duration::from_secs(10)),
+            news_log: Throttled::new(Duration::from_secs(1)),
+            notice_log: Throttled::new(Duration::from_secs(1)),
+        }
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, Agents> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the indexer knows of each agent.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, AgentSeen> {
+        self.agents().snapshot()
+    }
+
+    /// Agents alive now.
+    pub fn alive(&self) -> usize {
+        self.agents().alive(SystemTime::now())
+    }
+
+    /// The one entry point of accepted messages: a document to make
+    /// durable, or `None` (counted, logged at a bounded rate) for a message
+    /// to acknowledge and forget. `broker` names the source for logs.
+    pub fn intake(
+        &self,
+        broker: &str,
+        counters: &BrokerStats,
+        topic: &str,
+        payload: &[u8],
+    ) -> Option<BulkDoc> {
+        let now = SystemTime::now();
+        let verdict = if payload.len() > protocol::MAX_RESULT_BYTES {
+            Err(Refusal::Oversized(payload.len()))
+        } else if let Some(target) = topic.strip_prefix(protocol::PING_PREFIX) {
+            self.result(broker, target, payload, now).map(Some)
+        } else if topic.starts_with(protocol::RIP_AGENT_PREFIX) {
+            self.notice(broker, payload, now).map(Some)
+        } else {
+            Ok(None)
+        };
+        match verdict {
+            Ok(Some(doc)) => {
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                Some(doc)
+            }
+            Ok(None) => None,
+            Err(why) => {
+                let counter: &AtomicU64 = match why {
+                    Refusal::Oversized(_) => &self.stats.oversized,
+                    Refusal::OutOfWindow(_) => {
+                        self.stats.out_of_window.fetch_add(1, Ordering::Relaxed);
+                        &self.stats.malformed
+                    }
+                    _ => &self.stats.malformed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.bad_log.hit() {
+                    tracing::warn!(broker = %broker, topic = %topic.escape_debug(), reason = %why,
+                        total_bad = self.stats.bad(), suppressed, "message skipped");
+                }
+                None
+            }
+        }
+    }
+
+    fn result(
+        &self,
+        broker: &str,
+        target: &str,
+        payload: &[u8],
+        now: SystemTime,
+    ) -> Result<BulkDoc, Refusal> {
+        let mut r: PingResult = serde_json::from_slice(payload)?;
+        if r.target != target {
+            return Err(Refusal::TargetMismatch);
+        }
+        check_agent(&r.agent)?;
+        if r.received > r.sent {
+            return Err(Refusal::MoreReceivedThanSent {
+                sent: r.sent,
+                received: r.received,
+            });
+        }
+        let (at, canonical) = document::canonical_timestamp(&r.timestamp)?;
+        if !in_window(at, now) {
+            return Err(Refusal::OutOfWindow(canonical));
+        }
+        r.timestamp = canonical;
+        let doc = BulkDoc::from_result_as(&r, &self.shaper)?;
+        let touched = self.agents().result(&r.agent, r.interval, now);
+        if touched.evicted {
+            self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        if touched.resumed {
+            // First result, or first since a notice: said once, not per
+            // result, and at a bounded rate (names come from the network).
+            if let Some(suppressed) = self.news_log.hit() {
+                tracing::info!(agent = %r.agent, broker = %broker, suppressed, "agent is sending results");
+            }
+        }
+        Ok(doc)
+    }
+
+    fn notice(&self, broker: &str, payload: &[u8], now: SystemTime) -> Result<BulkDoc, Refusal> {
+        let rip: Rip = serde_json::from_slice(payload)?;
+        check_agent(&rip.agent)?;
+        if let Some(since) = &rip.since {
+            document::canonical_timestamp(since)?;
+        }
+        if let Some(suppressed) = self.notice_log.hit() {
+            tracing::info!(agent = %rip.agent, reason = rip.reason.as_str(), broker = %broker, suppressed, "agent notice");
+        }
+        let touched = self.agents().notice(&rip.agent, rip.reason, now);
+        if touched.evicted {
+            self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(BulkDoc::from_rip(&rip, now))
+    }
+}
+
+fn check_agent(name: &str) -> Result<(), Refusal> {
+    match crate::config::name_problem(name) {
+        Some(why) => Err(Refusal::AgentName {
+            name: name.chars().take(64).collect(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether a result timestamp is within [`MAX_AGE`] before and
+/// [`MAX_AHEAD`] after `now`.
+pub fn in_window(at: SystemTime, now: SystemTime) -> bool {
+    match now.duration_since(at) {
+        Ok(age) => age <= MAX_AGE,
+        Err(ahead) => ahead.duration() <= MAX_AHEAD,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(agent: &str, ts: &str, sent: u32, received: u32) -> Vec<u8> {
+        serde_json::json!({
+            "agent": agent, "labels": {}, "target": "t", "addr": null,
+            "timestamp": ts, "interval": 60.0, "sent": sent, "received": received,
+            "rtt": null, "rtts": []
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn now_text() -> String {
+        humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    }
+
+    fn take(intake: &Intake, topic: &str, p: &[u8]) -> Option<BulkDoc> {
+        intake.intake("b:1", &BrokerStats::default(), topic, p)
+    }
+
+    #[test]
+    fn hostile_results_are_counted_skips() {
+        let intake = Intake::new(Arc::new(IndexerStats::default()), Default::default());
+        let now = now_text();
+        for bad in [
+            payload("", &now, 1, 1),
+            payload("a\0b", &now, 1, 1),
+            payload("a b", &now, 1, 1),
+            payload("a/b", &now, 1, 1),
+            payload("a", &now, 1, 2),
+            payload("a", "9999-12-31T23:59:59.999Z", 1, 1),
+            payload("a", "1970-01-01T00:00:00Z", 1, 1),
+            payload("a", "2026-13-01T00:00:00Z", 1, 1),
+            vec![0xff; 100],
+            vec![b'['; protocol::MAX_RESULT_BYTES + 1],
+        ] {
+            assert!(take(&intake, "ping/t", &bad).is_none());
+        }
+        let s = &intake.stats;
+        assert_eq!(s.bad(), 10);
+        assert_eq!(s.out_of_window.load(Ordering::Relaxed), 2);
+        assert_eq!(s.oversized.load(Ordering::Relaxed), 1);
+        assert!(intake.snapshot().is_empty(), "no agent from a refusal");
+        assert!(take(&intake, "ping/t", &payload("a", &now, 2, 2)).is_some());
+        assert_eq!(s.received.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_window_is_a_month_back_and_an_hour_ahead() {
+        let now = SystemTime::now();
+        assert!(in_window(now - Duration::from_secs(29 * 86400), now));
+        assert!(!in_window(now - Duration::from_secs(31 * 86400), now));
+        assert!(in_window(now + Duration::from_secs(3000), now));
+        assert!(!in_window(now + Duration::from_secs(4000), now));
+    }
+
+    #[test]
+    fn notices_with_bad_names_are_skipped() {
+        let intake = Intake::new(Arc::new(IndexerStats::default()), Default::default());
+        assert!(take(&intake, "rip/agent/x", br#"{"agent":"","reason":"lost"}"#).is_none());
+        assert!(take(&intake, "rip/agent/x", br#"{"agent":"x","reason":"lost"}"#).is_some());
+    }
+}

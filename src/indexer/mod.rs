@@ -1,0 +1,530 @@
+//! The indexer: one persistent MQTT session per broker (all concurrent),
+//! the target list published retained on `watch`, every result made durable
+//! (spool and/or file) before its broker gets the PUBACK, and the spool
+//! drained into Elasticsearch.
+//!
+//! Modules: [`session`] (broker sessions), [`intake`] (validation, the one
+//! entry point of accepted messages), [`agents`] (bounded per-agent state),
+//! [`writer`] (durable writer and acks), [`drain`] (spool to Elasticsearch),
+//! [`supervisor`] (restarts, liveness), [`stats`] (counters).
+
+pub mod agents;
+pub mod drain;
+pub mod intake;
+pub mod session;
+pub mod stats;
+pub mod supervisor;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Broker, FileSettings, IndexerSettings};
+use crate::elasticsearch::EsClient;
+use crate::file_output::FileOutput;
+use crate::mqtt;
+use crate::protocol::{Target, WatchList};
+use crate::spool::SharedSpool;
+
+pub use agents::AgentSeen;
+pub use drain::EsState;
+pub use stats::{BrokerStats, IndexerStats};
+
+use intake::Intake;
+use session::{Item, SessionConfig};
+use supervisor::{Component, Supervisor};
+use writer::{Outputs, WRITE_BATCH};
+
+/// Longest SIGTERM waits for the spool to drain into Elasticsearch.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Items queued between the sessions and the writer. The brokers' in-flight
+/// windows (20 unacknowledged messages each, mosquitto's default) keep it
+/// far from full; when full, sessions wait (no cycle: the writer never
+/// waits on them).
+const QUEUE: usize = WRITE_BATCH * 4;
+
+/// The `watch` payload for a target list; its version changes with the list.
+pub fn watch_payload(targets: &[Target]) -> Vec<u8> {
+    let mut h = sha1_smol::Sha1::new();
+    for t in targets {
+        h.update(t.as_str().as_bytes());
+        h.update(b"\n");
+    }
+    let version = h.digest().to_string()[..12].to_owned();
+    serde_json::to_vec(&WatchList::new(targets, version)).unwrap_or_default()
+}
+
+/// Live view of a running indexer.
+#[derive(Clone)]
+pub struct IndexerView {
+    pub stats: Arc<IndexerStats>,
+    pub es: watch::Receiver<EsState>,
+    /// Moves only while every component is live (see [`supervisor`]).
+    pub heartbeat: Arc<AtomicU64>,
+    intake: Arc<Intake>,
+    supervisor: Arc<Supervisor>,
+    es_client: watch::Receiver<Option<EsClient>>,
+}
+
+impl IndexerView {
+    /// What the indexer knows of each agent.
+    pub fn agents(&self) -> BTreeMap<String, AgentSeen> {
+        self.intake.snapshot()
+    }
+
+    /// `component: problem` for every part not ok (empty when all are).
+    pub fn problems(&self) -> Vec<String> {
+        self.supervisor.problems()
+    }
+}
+
+/// The Elasticsearch drain and how to stop it.
+struct EsTask {
+    comp: Arc<Component>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+}
+
+/// A running indexer.
+pub struct Indexer {
+    settings: IndexerSettings,
+    shared: Arc<session::Shared>,
+    watch_tx: watch::Sender<Arc<Vec<u8>>>,
+    supervisor: Arc<Supervisor>,
+    /// Running broker sessions, each stopped by its token.
+    sessions: HashMap<Broker, (CancellationToken, Arc<Component>)>,
+    writer: Arc<Component>,
+    writer_drain: CancellationToken,
+    es_task: Option<EsTask>,
+    es_state: watch::Sender<EsState>,
+    es_client: watch::Sender<Option<EsClient>>,
+    spool: Option<SharedSpool>,
+    pub view: IndexerView,
+    started: Instant,
+}
+
+impl Indexer {
+    /// Opens the outputs and connects to every broker.
+    pub async fn start(settings: IndexerSettings) -> anyhow::Result<Indexer> {
+        use anyhow::Context;
+        let stats = Arc::new(IndexerStats::default());
+        let spool = match &settings.elasticsearch {
+            Some(_) => Some(
+                SharedSpool::open(settings.state_dir.join("spool"), settings.spool_max_bytes)
+                    .await
+                    .with_context(|| {
+                        format!("cannot open the spool in {}", settings.state_dir.display())
+                    })?,
+            ),
+            None => None,
+        };
+        if let Some(spool) = &spool {
+            if let Ok(st) = spool.stats().await {
+                writer::publish_spool_stats(&stats, &st);
+            }
+        }
+        let file = match &settings.file_output {
+            Some(f) => Some(Arc::new(Mutex::new(open_file(f)?))),
+            None => None,
+        };
+        if spool.is_none() && file.is_none() {
+            tracing::warn!(
+                "no output configured (elasticsearch or file): results are received and dropped"
+            );
+        }
+        let supervisor = Supervisor::new();
+        let (tx, rx) = mpsc::channel::<Item>(QUEUE);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let shaper = crate::document::CheckShaper::new(
+            settings
+                .elasticsearch
+                .as_ref()
+                .map(|es| es.flavor.clone())
+                .unwrap_or_default(),
+        );
+        let intake = Arc::new(Intake::new(stats.clone(), shaper));
+        let shared = Arc::new(session::Shared {
+            intake: intake.clone(),
+            writer: tx,
+            tried: watch::channel(0).0,
+            redeliver: watch::channel(0).0,
+        });
+        let writer_drain = CancellationToken::new();
+        let writer = {
+            let outputs = Outputs {
+                spool: spool.clone(),
+                file,
+            };
+            let stats = stats.clone();
+            let drain = writer_drain.clone();
+            let shared = shared.clone();
+            let mut runs = 0u64;
+            supervisor.spawn(
+                "writer".into(),
+                Duration::from_secs(5),
+                writer_drain.clone(),
+                move |comp| {
+                    if runs > 0 {
+                        // The failed run may have dropped messages it had
+                        // taken: have the brokers send them again.
+                        shared.redeliver.send_modify(|n| *n += 1);
+                    }
+                    runs += 1;
+                    writer::run(
+                        rx.clone(),
+                        outputs.clone(),
+                        stats.clone(),
+                        comp,
+                        drain.clone(),
+                    )
+                },
+            )
+        };
+        let (watch_tx, _) = watch::channel(Arc::new(watch_payload(&settings.targets)));
+        let (es_state, es_rx) = watch::channel(EsState::Disabled);
+        let (es_client, es_client_rx) = watch::channel(None);
+        let mut indexer = Indexer {
+            view: IndexerView {
+                stats,
+                es: es_rx,
+                heartbeat: supervisor.heartbeat.clone(),
+                intake,
+                supervisor: supervisor.clone(),
+                es_client: es_client_rx,
+            },
+            settings,
+            shared,
+            watch_tx,
+            supervisor,
+            sessions: HashMap::new(),
+            writer,
+            writer_drain,
+            es_task: None,
+            es_state,
+            es_client,
+            spool,
+            started: Instant::now(),
+        };
+        indexer.start_es();
+        for b in indexer.settings.brokers.clone() {
+            indexer.open_session(b);
+        }
+        // Ready once every broker was tried (not necessarily reached);
+        // Elasticsearch is never waited for.
+        let mut tried = indexer.shared.tried.subscribe();
+        let n = indexer.settings.brokers.len();
+        let _ = tokio::time::timeout(
+            indexer.settings.keepalive + Duration::from_secs(2),
+            tried.wait_for(|t| *t >= n),
+        )
+        .await;
+        tracing::info!(
+            brokers = indexer.settings.brokers.len(),
+            targets = indexer.settings.targets.len(),
+            "indexer started"
+        );
+        Ok(indexer)
+    }
+
+    fn open_session(&mut self, broker: Broker) {
+        let cancel = CancellationToken::new();
+        let cfg = SessionConfig {
+            broker: broker.clone(),
+            client_id: mqtt::client_id("swarming-indexer", &self.settings.name),
+            keepalive: self.settings.keepalive,
+        };
+        let shared = self.shared.clone();
+        let watch_tx = self.watch_tx.clone();
+        let c = cancel.clone();
+        let comp = self.supervisor.spawn(
+            format!("broker {broker}"),
+            session::RECONNECT_MAX,
+            cancel.clone(),
+            move |comp| {
+                session::run(
+                    cfg.clone(),
+                    shared.clone(),
+                    watch_tx.subscribe(),
+                    comp,
+                    c.clone(),
+                )
+            },
+        );
+        self.sessions.insert(broker, (cancel, comp));
+    }
+
+    fn start_es(&mut self) {
+        let (Some(es), Some(spool)) = (self.settings.elasticsearch.clone(), self.spool.clone())
+        else {
+            self.es_state.send_replace(EsState::Disabled);
+            return;
+        };
+        let d = Arc::new(drain::Drain {
+            settings: es,
+            spool,
+            stats: self.view.stats.clone(),
+            state: self.es_state.clone(),
+            client: self.es_client.clone(),
+            state_dir: self.settings.state_dir.clone(),
+        });
+        let drain_token = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let (dt, st) = (drain_token.clone(), stop.clone());
+        let comp = self.supervisor.spawn(
+            "elasticsearch".into(),
+            Duration::from_secs(60),
+            stop.clone(),
+            move |comp| drain::run(d.clone(), comp, dt.clone(), st.clone()),
+        );
+        self.es_task = Some(EsTask {
+            comp,
+            drain: drain_token,
+            stop,
+        });
+    }
+
+    /// Stops the drain (at once) and waits for it.
+    async fn stop_es(&mut self) {
+        if let Some(t) = self.es_task.take() {
+            t.stop.cancel();
+            t.comp.ended().await;
+            self.supervisor.remove(&t.comp);
+        }
+    }
+
+    /// Applies new settings: targets republish `watch` everywhere, brokers
+    /// open/close only the sessions that changed, Elasticsearch restarts its
+    /// client. Outputs that appear or vanish (spool, file) need a restart.
+    pub async fn reload(&mut self, mut new: IndexerSettings) -> Vec<&'static str> {
+        let old = &self.settings;
+        let mut changed = Vec::new();
+        if new.targets != old.targets {
+            self.watch_tx
+                .send_replace(Arc::new(watch_payload(&new.targets)));
+            changed.push("targets");
+        }
+        // A new name or keepalive changes every session.
+        let all = new.name != old.name || new.keepalive != old.keepalive;
+        let wanted: HashSet<&Broker> = new.brokers.iter().collect();
+        let closing: Vec<Broker> = self
+            .sessions
+            .keys()
+            .filter(|b| all || !wanted.contains(b))
+            .cloned()
+            .collect();
+        for b in &closing {
+            if let Some((cancel, comp)) = self.sessions.remove(b) {
+                tracing::info!(broker = %b, "closing session");
+                cancel.cancel();
+                self.supervisor.remove(&comp);
+            }
+        }
+        self.settings.name = new.name.clone();
+        self.settings.keepalive = new.keepalive;
+        let mut opened = false;
+        for b in &new.brokers {
+            if !self.sessions.contains_key(b) {
+                tracing::info!(broker = %b, "opening session");
+                self.open_session(b.clone());
+                opened = true;
+            }
+        }
+        if opened || !closing.is_empty() {
+            changed.push("brokers");
+        }
+        let old = &self.settings;
+        if let (Some(n), Some(o)) = (&mut new.elasticsearch, &old.elasticsearch) {
+            // Documents are shaped on intake: the shape and its data stream
+            // change together, at a restart.
+            if n.flavor != o.flavor {
+                tracing::warn!("elasticsearch.mode, space_id and a synthetics index take effect at the next restart");
+                n.flavor = o.flavor.clone();
+                n.index = o.index.clone();
+            }
+        }
+        if new.elasticsearch != old.elasticsearch {
+            if self.spool.is_some() && new.elasticsearch.is_some() {
+                self.stop_es().await;
+                self.settings.elasticsearch = new.elasticsearch.clone();
+                self.start_es();
+                changed.push("elasticsearch");
+            } else {
+                tracing::warn!("adding or removing the elasticsearch output needs a restart");
+                new.elasticsearch = self.settings.elasticsearch.clone();
+            }
+        }
+        let old = &self.settings;
+        if new.file_output != old.file_output
+            || new.state_dir != old.state_dir
+            || new.spool_max_bytes != old.spool_max_bytes
+        {
+            tracing::warn!(
+                "changes to file, state_dir or spool_max_bytes take effect at the next restart"
+            );
+            new.file_output = old.file_output.clone();
+            new.state_dir = old.state_dir.clone();
+            new.spool_max_bytes = old.spool_max_bytes;
+        }
+        if new.log != old.log {
+            changed.push("log");
+        }
+        self.settings = new;
+        changed
+    }
+
+    /// Disconnects from every broker, writes what was received, and gives
+    /// Elasticsearch [`DRAIN_TIMEOUT`] to take the spool; the rest stays on
+    /// disk for the next start.
+    pub async fn shutdown(mut self) {
+        let sessions: Vec<_> = self.sessions.drain().map(|(_, s)| s).collect();
+        for (cancel, _) in &sessions {
+            cancel.cancel();
+        }
+        // Sessions end quickly (their disconnect is bounded); then the
+        // writer writes what is queued and stops.
+        for (_, comp) in &sessions {
+            comp.ended().await;
+        }
+        self.writer_drain.cancel();
+        self.writer.ended().await;
+        if let Some(t) = self.es_task.take() {
+            t.drain.cancel();
+            if tokio::time::timeout(DRAIN_TIMEOUT, t.comp.ended())
+                .await
+                .is_err()
+            {
+                t.stop.cancel();
+                t.comp.ended().await;
+            }
+        }
+        tracing::info!(status = %self.status(), "final counts");
+        if let Some(spool) = &self.spool {
+            if let Ok(s) = spool.stats().await {
+                if s.pending > 0 {
+                    tracing::warn!(
+                        pending = s.pending,
+                        "results kept in the spool for the next start"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One human line for `STATUS=`: never "ok" about a part that is not.
+    pub fn status(&self) -> String {
+        let s = &self.view.stats;
+        let secs = self.started.elapsed().as_secs_f64().max(1.0);
+        let alive = self.view.intake.alive();
+        let trouble = self
+            .view
+            .es_client
+            .borrow()
+            .as_ref()
+            .and_then(EsClient::trouble);
+        let es = match (&*self.view.es.borrow(), trouble) {
+            (EsState::Disabled, _) => "elasticsearch off".to_owned(),
+            (EsState::Connecting, _) => "elasticsearch connecting".to_owned(),
+            (EsState::Ready(v), None) => format!("elasticsearch ok ({v})"),
+            (EsState::Ready(v), Some(t)) => format!("elasticsearch ({v}) retrying: {t}"),
+            (EsState::Failing(e), _) => format!("elasticsearch failing: {e}"),
+        };
+        let spool = self
+            .spool
+            .as_ref()
+            .map(|_| format!("; spool {} docs", s.spool_pending.load(Ordering::Relaxed)))
+            .unwrap_or_default();
+        let problems = self.supervisor.problems();
+        let problems = if problems.is_empty() {
+            String::new()
+        } else {
+            format!("; PROBLEMS: {}", problems.join("; "))
+        };
+        format!(
+            "brokers up {}/{}; {} agents alive; {} results ({:.1}/s avg); {} indexed, {} dead, {} bad messages; {es}{spool}{problems}",
+            s.brokers_up.load(Ordering::Relaxed),
+            self.sessions.len(),
+            alive,
+            s.received.load(Ordering::Relaxed),
+            s.received.load(Ordering::Relaxed) as f64 / secs,
+            s.indexed.load(Ordering::Relaxed),
+            s.dead.load(Ordering::Relaxed),
+            s.bad(),
+        )
+    }
+}
+
+fn open_file(f: &FileSettings) -> anyhow::Result<FileOutput> {
+    use anyhow::Context;
+    FileOutput::open(f).with_context(|| format!("cannot open the file output {}", f.path.display()))
+}
+
+impl crate::daemon::DaemonSettings for IndexerSettings {
+    const IDENT: &'static str = "swarming-indexer";
+    const DEFAULT_PATH: &'static str = crate::config::INDEXER_CONFIG_PATH;
+
+    fn load(file: &std::path::Path, missing_ok: bool) -> Result<Self, crate::config::ConfigError> {
+        IndexerSettings::load(file, missing_ok)
+    }
+
+    fn set_brokers(&mut self, brokers: Vec<Broker>) {
+        self.brokers = brokers;
+    }
+
+    fn log(&self) -> &crate::config::LogConfig {
+        &self.log
+    }
+}
+
+impl crate::daemon::Service for Indexer {
+    type Settings = IndexerSettings;
+    const WORKER_THREADS: usize = 2;
+    const HEARTBEAT_IS_LIVENESS: bool = true;
+
+    async fn start(settings: IndexerSettings) -> Result<Self, crate::daemon::StartError> {
+        if crate::daemon::is_root() {
+            tracing::warn!(
+                "running as root: the indexer needs no privilege; run it as an unprivileged user"
+            );
+        }
+        Ok(Indexer::start(settings).await?)
+    }
+
+    fn status(&self) -> String {
+        Indexer::status(self)
+    }
+
+    async fn reload(&mut self, new: IndexerSettings) -> Vec<&'static str> {
+        Indexer::reload(self, new).await
+    }
+
+    fn heartbeat(&self) -> Arc<AtomicU64> {
+        self.view.heartbeat.clone()
+    }
+
+    async fn shutdown(self) {
+        Indexer::shutdown(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_payload_version_follows_the_list() {
+        let a: Vec<Target> = vec!["a".parse().unwrap(), "b".parse().unwrap()];
+        let b: Vec<Target> = vec!["a".parse().unwrap()];
+        let pa: serde_json::Value = serde_json::from_slice(&watch_payload(&a)).unwrap();
+        let pb: serde_json::Value = serde_json::from_slice(&watch_payload(&b)).unwrap();
+        assert_eq!(pa["targets"], serde_json::json!(["a", "b"]));
+        assert_ne!(pa["version"], pb["version"]);
+        assert_eq!(watch_payload(&a), watch_payload(&a));
+        let parsed = WatchList::parse(&watch_payload(&a)).unwrap();
+        assert_eq!(parsed.targets, a);
+    }
+}

@@ -1,0 +1,245 @@
+//! The durable writer: accepted documents go to the spool (for
+//! Elasticsearch) and the file output, both flushed to disk, before their
+//! brokers get the PUBACK.
+//!
+//! Disk policy: a failed write is retried with backoff (100 ms doubling to
+//! 5 s), logged and counted, and nothing of the batch is acknowledged until
+//! it is durable. On a full disk the brokers therefore keep the results
+//! (their in-flight window fills, then their queues); the drain keeps
+//! emptying the spool into Elasticsearch, which frees space. Blocking I/O
+//! (write, fdatasync, rotation) runs on the blocking pool, the spool and the
+//! file output side by side.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::file_output::FileOutput;
+use crate::spool::{SharedSpool, SpoolStats};
+
+use super::session::Item;
+use super::stats::IndexerStats;
+use super::supervisor::Component;
+
+/// Documents written per batch at most (one fdatasync per output each).
+pub const WRITE_BATCH: usize = 2000;
+/// Recent document ids remembered to skip duplicates from several brokers.
+const RECENT_IDS: usize = 100_000;
+
+/// Ids of documents made durable recently, oldest forgotten first.
+#[derive(Default)]
+struct RecentIds {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl RecentIds {
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    /// Remembers ids once they are durable (never before: a failed write
+    /// must not turn the redelivered copy into a "duplicate").
+    fn remember(&mut self, id: String) {
+        if self.order.len() >= RECENT_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+    }
+}
+
+/// The outputs the writer makes documents durable in.
+#[derive(Clone)]
+pub struct Outputs {
+    pub spool: Option<SharedSpool>,
+    pub file: Option<Arc<Mutex<FileOutput>>>,
+}
+
+/// Publishes spool counters as plain fields.
+pub fn publish_spool_stats(stats: &IndexerStats, st: &SpoolStats) {
+    stats.spool_pending.store(st.pending, Ordering::Relaxed);
+    stats.spool_bytes.store(st.bytes, Ordering::Relaxed);
+    stats.spool_dropped.store(st.dropped, Ordering::Relaxed);
+    if st.pending == 0 {
+        stats.spool_oldest_unix.store(0, Ordering::Relaxed);
+    } else if stats.spool_oldest_unix.load(Ordering::Relaxed) == 0 {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        stats.spool_oldest_unix.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Takes items until `drain` (then writes what is queued and returns).
+pub async fn run(
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Item>>>,
+    outputs: Outputs,
+    stats: Arc<IndexerStats>,
+    comp: Arc<Component>,
+    drain: CancellationToken,
+) -> Result<(), String> {
+    let mut rx = rx.lock().await;
+    let mut recent = RecentIds::default();
+    loop {
+        comp.set_idle(true);
+        let first = tokio::select! {
+            biased;
+            i = rx.recv() => i,
+            _ = drain.cancelled() => rx.try_recv().ok(),
+        };
+        comp.set_idle(false);
+        let Some(first) = first else {
+            return Ok(());
+        };
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(i) => batch.push(i),
+                Err(_) => break,
+            }
+        }
+        write(batch, &outputs, &stats, &mut recent, &comp, &drain).await;
+        comp.progress();
+    }
+}
+
+/// Makes one batch durable (retrying), then acknowledges it.
+async fn write(
+    batch: Vec<Item>,
+    outputs: &Outputs,
+    stats: &IndexerStats,
+    recent: &mut RecentIds,
+    comp: &Component,
+    drain: &CancellationToken,
+) {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut records = Vec::with_capacity(batch.len());
+    let mut lines = Vec::with_capacity(batch.len());
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut in_batch = HashSet::with_capacity(batch.len());
+    for item in batch {
+        let id = item.doc.id();
+        if recent.contains(id) || !in_batch.insert(id.to_owned()) {
+            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            item.ack.broker.duplicates.fetch_add(1, Ordering::Relaxed);
+        } else {
+            ids.push(id.to_owned());
+            if outputs.spool.is_some() {
+                records.push(format!("{id}\n{}", item.doc.source()));
+            }
+            if outputs.file.is_some() {
+                lines.push(item.doc.source().to_owned());
+            }
+        }
+        acks.push(item.ack);
+    }
+    if !ids.is_empty() {
+        // Shared, not copied, between the attempts.
+        let records: Arc<[String]> = records.into();
+        let lines: Arc<[String]> = lines.into();
+        let mut retried = false;
+        let mut spool_done = outputs.spool.is_none();
+        let mut file_done = outputs.file.is_none();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let (s, f) = tokio::join!(
+                async {
+                    match (&outputs.spool, spool_done) {
+                        (Some(spool), false) => Some(spool.append(records.clone()).await),
+                        _ => None,
+                    }
+                },
+                async {
+                    match (&outputs.file, file_done) {
+                        (Some(file), false) => Some(write_file(file.clone(), lines.clone()).await),
+                        _ => None,
+                    }
+                }
+            );
+            let mut failure = None;
+            match s {
+                Some(Ok(st)) => {
+                    spool_done = true;
+                    publish_spool_stats(stats, &st);
+                }
+                Some(Err(e)) => failure = Some(format!("spool: {e}")),
+                None => {}
+            }
+            match f {
+                Some(Ok(())) => file_done = true,
+                Some(Err(e)) => failure = Some(format!("file output: {e}")),
+                None => {}
+            }
+            let Some(why) = failure else {
+                break;
+            };
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            retried = true;
+            if drain.is_cancelled() {
+                tracing::error!(error = %why, batch = ids.len(),
+                    "cannot write at shutdown: results left unacknowledged, the brokers redeliver them");
+                return;
+            }
+            let delay = backoff.next_delay();
+            comp.degraded(format!("cannot write ({why}); retrying"));
+            tracing::error!(error = %why, batch = ids.len(), retry_ms = delay.as_millis() as u64,
+                "cannot write: results kept unacknowledged, retrying");
+            comp.set_idle(true);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = drain.cancelled() => {}
+            }
+            comp.set_idle(false);
+            comp.progress();
+        }
+        if retried {
+            tracing::info!(batch = ids.len(), "write succeeded again");
+        }
+        comp.ok();
+    }
+    let n = ids.len() as u64;
+    for id in ids {
+        recent.remember(id);
+    }
+    let total = stats.written.fetch_add(n, Ordering::Relaxed) + n;
+    tracing::debug!(batch = n, total, "documents written");
+    for ack in acks {
+        ack.send();
+    }
+}
+
+/// Appends and syncs lines in the file output, on the blocking pool.
+async fn write_file(file: Arc<Mutex<FileOutput>>, lines: Arc<[String]>) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+        f.write(&lines[..]).and_then(|()| f.sync())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_forget_the_oldest() {
+        let mut r = RecentIds::default();
+        for i in 0..RECENT_IDS + 10 {
+            r.remember(i.to_string());
+        }
+        assert!(!r.contains("0"));
+        assert!(r.contains(&(RECENT_IDS + 9).to_string()));
+        assert_eq!(r.order.len(), RECENT_IDS);
+    }
+}
