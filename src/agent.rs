@@ -55,6 +55,10 @@ struct Shared {
     stats: Arc<AgentStats>,
     /// Proof of progress for the watchdog: bumped by every round.
     heartbeat: Arc<AtomicU64>,
+    /// What may be pinged (allow/deny, forbidden addresses).
+    guard: Arc<crate::guard::Guard>,
+    /// Signature and replay checks on `watch`.
+    verifier: std::sync::Mutex<crate::watch_sign::Verifier>,
 }
 
 /// The set of running target tasks.
@@ -150,17 +154,20 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// Resolves a target for this round (IPv4 and IPv6; first answer wins, in
 /// the system's preference order).
-async fn resolve(target: &Target) -> Result<IpAddr, String> {
+async fn resolve(target: &Target, guard: &crate::guard::Guard) -> Result<IpAddr, String> {
     if let Some(ip) = target.ip() {
-        return Ok(ip);
+        // The rules may have changed since the list was applied.
+        return match guard.permit(target.as_str(), ip) {
+            true => Ok(ip),
+            false => Err(format!("{ip} is refused by the agent's rules")),
+        };
     }
-    let mut addrs = tokio::net::lookup_host((target.as_str(), 0))
+    let addrs: Vec<IpAddr> = tokio::net::lookup_host((target.as_str(), 0))
         .await
-        .map_err(|e| format!("cannot resolve {target}: {e}"))?;
-    addrs
-        .find(|a| !protocol::forbidden_address(a.ip()))
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
         .map(|a| a.ip())
-        .ok_or_else(|| format!("{target} resolves to no usable address"))
+        .collect();
+    guard.pick(target.as_str(), &addrs)
 }
 
 async fn run_target(shared: Arc<Shared>, target: Target, stop: CancellationToken) {
@@ -185,7 +192,7 @@ async fn run_target(shared: Arc<Shared>, target: Target, stop: CancellationToken
         }
         last_ms = slot;
         let round = async {
-            let addr = resolve(&target).await;
+            let addr = resolve(&target, &shared.guard).await;
             let (addr, outcome) = match addr {
                 Ok(addr) => {
                     let o = shared
@@ -253,8 +260,23 @@ async fn run_target(shared: Arc<Shared>, target: Target, stop: CancellationToken
 /// Parses a `watch` payload and applies it; malformed ones are counted,
 /// logged and ignored (the previous list stays). True when applied.
 pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStats) -> bool {
+    let verified = scheduler
+        .shared
+        .verifier
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(payload);
+    if let Err(e) = verified {
+        let n = stats.watch_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(error = %e, rejected_total = n, "watch message refused; keeping the previous list");
+        return false;
+    }
     match WatchList::parse(payload) {
-        Ok(parsed) => {
+        Ok(mut parsed) => {
+            let guard = &scheduler.shared.guard;
+            parsed
+                .targets
+                .retain(|t| t.ip().is_none_or(|ip| guard.permit(t.as_str(), ip)));
             for (text, why) in &parsed.rejected {
                 stats.targets_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target = %text.escape_debug(), reason = %why, "target rejected, never pinged");
@@ -286,6 +308,8 @@ pub struct AgentView {
     pub heartbeat: Arc<AtomicU64>,
     /// Broker connection attempts so far.
     pub attempts: watch::Receiver<u64>,
+    /// Targets refused by allow/deny or as forbidden addresses.
+    pub guard: Arc<crate::guard::Guard>,
 }
 
 /// A running agent: change its settings with [`Agent::reload`], stop it with
@@ -330,6 +354,7 @@ impl Agent {
             name: settings.name.clone(),
             brokers,
             keepalive: settings.keepalive,
+            auth: settings.auth.clone(),
         });
         let shared = Arc::new(Shared {
             pinger,
@@ -339,7 +364,14 @@ impl Agent {
             ping,
             stats: stats.clone(),
             heartbeat: heartbeat.clone(),
+            guard: Arc::new(crate::guard::Guard::new(settings.rules.clone())),
+            verifier: std::sync::Mutex::new(crate::watch_sign::Verifier::new(
+                settings.watch_keys.clone(),
+            )),
         });
+        if settings.watch_keys.is_empty() {
+            tracing::warn!("no watch_keys configured: target lists from any publisher on the brokers are applied");
+        }
         let (watch_tx, mut watch_rx) = mpsc::channel::<Vec<u8>>(16);
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
         let (attempts_tx, attempts_rx) = watch::channel(0u64);
@@ -405,6 +437,7 @@ impl Agent {
             targets: targets_rx,
             heartbeat,
             attempts: attempts_rx,
+            guard: shared.guard.clone(),
         };
         Ok(Agent {
             settings,
@@ -465,7 +498,28 @@ impl Agent {
             b.sort();
             a == b
         };
-        if !same_brokers || new.name != old.name || new.keepalive != old.keepalive {
+        if new.watch_keys != old.watch_keys {
+            self.shared
+                .verifier
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_keys(new.watch_keys.clone());
+            changed.push("watch_keys");
+        }
+        if new.rules != old.rules {
+            self.shared.guard.set(new.rules.clone());
+            // Re-applies the running list under the new rules.
+            self.max_targets_tx.send_replace(new.max_targets);
+            changed.push("allow/deny");
+        }
+        if new.auth != old.auth {
+            changed.push("tls/credentials");
+        }
+        if !same_brokers
+            || new.name != old.name
+            || new.keepalive != old.keepalive
+            || new.auth != old.auth
+        {
             let brokers = if same_brokers {
                 self.link_tx.borrow().brokers.clone()
             } else {
@@ -479,6 +533,7 @@ impl Agent {
                 name: new.name.clone(),
                 brokers,
                 keepalive: new.keepalive,
+                auth: new.auth.clone(),
             });
         }
         if new.log != old.log {
@@ -571,11 +626,13 @@ impl crate::daemon::Service for Agent {
         let sent = v.stats.sent.swap(0, Ordering::Relaxed);
         let received = v.stats.received.swap(0, Ordering::Relaxed);
         format!(
-            "{link}; {} targets; {} rounds; last period {received}/{sent} echoes answered; {} queued, {} dropped",
+            "{link}; {} targets; {} rounds; last period {received}/{sent} echoes answered; {} queued, {} dropped; {} refused by rules, {} watch lists refused",
             *v.targets.borrow(),
             v.stats.rounds.load(Ordering::Relaxed),
             v.outbox.len(),
             v.outbox.dropped(),
+            v.guard.refused(),
+            v.stats.watch_rejected.load(Ordering::Relaxed),
         )
     }
 

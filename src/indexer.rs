@@ -263,6 +263,17 @@ pub fn watch_payload(targets: &[Target]) -> Vec<u8> {
     serde_json::to_vec(&WatchList::new(targets, version)).unwrap_or_default()
 }
 
+/// What the indexer publishes on `watch`: [`watch_payload`], signed with
+/// `key` when one is configured (see `watch_sign`).
+fn published_watch(targets: &[Target], key: Option<&crate::watch_sign::SigningKey>) -> Vec<u8> {
+    let payload = watch_payload(targets);
+    let Some(key) = key else { return payload };
+    crate::watch_sign::sign(&payload, key, crate::watch_sign::next_sequence()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot sign the target list: publishing it unsigned");
+        payload
+    })
+}
+
 /// One broker's session, until cancelled: connect (persistent session),
 /// subscribe, publish `watch`, take messages; reconnect with backoff.
 async fn broker_session(
@@ -272,29 +283,38 @@ async fn broker_session(
     intake: Arc<Intake>,
     mut watch_rx: watch::Receiver<Arc<Vec<u8>>>,
     cancel: CancellationToken,
+    auth: crate::tls::ClientAuth,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut first_attempt = true;
     loop {
         let mut opts = mqtt::options(client_id.clone(), &broker, keepalive, false);
         opts.set_manual_acks(true);
-        let (client, mut el) = mqtt::client(opts, keepalive);
-        let connected = tokio::select! {
-            r = mqtt::connect(&mut el, keepalive) => r,
-            _ = cancel.cancelled() => return,
+        let connected = match auth.apply(&mut opts, &broker) {
+            Err(e) => Err(format!("cannot set up TLS: {e}")),
+            Ok(()) => {
+                let (client, mut el) = mqtt::client(opts, keepalive);
+                tokio::select! {
+                    r = mqtt::connect(&mut el, keepalive) => r.map(|()| (client, el)),
+                    _ = cancel.cancelled() => return,
+                }
+            }
         };
         if first_attempt {
             first_attempt = false;
             intake.tried.send_modify(|n| *n += 1);
         }
-        if let Err(reason) = connected {
-            let delay = backoff.next_delay();
-            tracing::warn!(broker = %broker, %reason, retry_ms = delay.as_millis() as u64, "cannot connect to broker");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => continue,
-                _ = cancel.cancelled() => return,
+        let (client, el) = match connected {
+            Ok(c) => c,
+            Err(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(broker = %broker, %reason, retry_ms = delay.as_millis() as u64, "cannot connect to broker");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = cancel.cancelled() => return,
+                }
             }
-        }
+        };
         backoff.reset();
         intake.stats.brokers_up.fetch_add(1, Ordering::Relaxed);
         tracing::info!(broker = %broker, "connected to broker");
@@ -676,7 +696,10 @@ impl Indexer {
             heartbeat: heartbeat.clone(),
             tried: watch::channel(0).0,
         });
-        let (watch_tx, _) = watch::channel(Arc::new(watch_payload(&settings.targets)));
+        let (watch_tx, _) = watch::channel(Arc::new(published_watch(
+            &settings.targets,
+            settings.watch_key.as_deref(),
+        )));
         let (es_state, es_rx) = watch::channel(EsState::Disabled);
         let mut indexer = Indexer {
             view: IndexerView {
@@ -726,6 +749,7 @@ impl Indexer {
             self.intake.clone(),
             self.watch_tx.subscribe(),
             cancel.clone(),
+            self.settings.auth.clone(),
         ));
         self.sessions.insert(broker, cancel);
     }
@@ -764,13 +788,15 @@ impl Indexer {
     pub async fn reload(&mut self, mut new: IndexerSettings) -> Vec<&'static str> {
         let old = &self.settings;
         let mut changed = Vec::new();
-        if new.targets != old.targets {
-            self.watch_tx
-                .send_replace(Arc::new(watch_payload(&new.targets)));
+        if new.targets != old.targets || new.watch_key != old.watch_key {
+            self.watch_tx.send_replace(Arc::new(published_watch(
+                &new.targets,
+                new.watch_key.as_deref(),
+            )));
             changed.push("targets");
         }
-        // A new name or keepalive changes every session.
-        let all = new.name != old.name || new.keepalive != old.keepalive;
+        // A new name, keepalive, TLS or login changes every session.
+        let all = new.name != old.name || new.keepalive != old.keepalive || new.auth != old.auth;
         let wanted: HashSet<&Broker> = new.brokers.iter().collect();
         let closing: Vec<Broker> = self
             .sessions
@@ -786,6 +812,7 @@ impl Indexer {
         }
         self.settings.name = new.name.clone();
         self.settings.keepalive = new.keepalive;
+        self.settings.auth = new.auth.clone();
         let mut opened = false;
         for b in &new.brokers {
             if !self.sessions.contains_key(b) {

@@ -150,6 +150,8 @@ pub struct LinkConfig {
     /// Brokers in the order they are tried (shuffled once by the caller).
     pub brokers: Vec<Broker>,
     pub keepalive: Duration,
+    /// TLS and credentials.
+    pub auth: crate::tls::ClientAuth,
 }
 
 /// The link's state, for status lines and tests.
@@ -357,6 +359,11 @@ async fn agent_session(
         true,
     );
     opts.set_last_will(will(&cfg.name));
+    if let Err(e) = cfg.auth.apply(&mut opts, broker) {
+        tracing::warn!(broker = %broker, error = %e, "cannot set up TLS for broker");
+        h.attempts.send_modify(|n| *n += 1);
+        return SessionEnd::ConnectFailed;
+    }
     let (client, mut el) = client(opts, cfg.keepalive);
     let connected = connect(&mut el, cfg.keepalive).await;
     h.attempts.send_modify(|n| *n += 1);
