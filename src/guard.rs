@@ -3,6 +3,7 @@
 //! prefixes permit. Refusals are counted and logged; a refused address is
 //! never pinged.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -82,18 +83,29 @@ impl Rules {
 pub struct Guard {
     rules: RwLock<Arc<Rules>>,
     refused: AtomicU64,
+    /// Refusals already logged at warn level: a name refused every round
+    /// is said once, then at debug level.
+    logged: std::sync::Mutex<HashSet<(String, IpAddr)>>,
 }
+
+/// Most refusals remembered as logged; past it the memory starts over.
+const LOGGED_MAX: usize = 10_000;
 
 impl Guard {
     pub fn new(rules: Rules) -> Self {
         Guard {
             rules: RwLock::new(Arc::new(rules)),
             refused: AtomicU64::new(0),
+            logged: Default::default(),
         }
     }
 
     pub fn set(&self, rules: Rules) {
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+        self.logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Checks `ip` for `target`; a refusal is counted and logged.
@@ -103,7 +115,18 @@ impl Guard {
             Ok(()) => true,
             Err(why) => {
                 let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(target = %target.escape_debug(), reason = %why, refused_total = total, "target refused by the agent's rules, never pinged");
+                let first = {
+                    let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+                    if logged.len() >= LOGGED_MAX {
+                        logged.clear();
+                    }
+                    logged.insert((target.to_owned(), ip))
+                };
+                if first {
+                    tracing::warn!(target = %target.escape_debug(), reason = %why, refused_total = total, "target refused by the agent's rules, never pinged");
+                } else {
+                    tracing::debug!(target = %target.escape_debug(), reason = %why, refused_total = total, "target refused by the agent's rules, never pinged");
+                }
                 false
             }
         }

@@ -35,6 +35,23 @@ impl Mosquitto {
         panic!("mosquitto did not start (is it installed? apt-get install mosquitto)");
     }
 
+    /// Starts a broker with the configuration `conf(port)` returns (for
+    /// the shipped drop-in); returns once it listens.
+    pub async fn start_with(conf: impl Fn(u16) -> String) -> Mosquitto {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("tempdir");
+            if let Some(child) = spawn_conf(&dir, &conf(port)).await {
+                return Mosquitto {
+                    port,
+                    child: Some(child),
+                    dir,
+                };
+            }
+        }
+        panic!("mosquitto did not start with the given configuration");
+    }
+
     /// `host:port` as the daemons take it.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -88,14 +105,19 @@ pub fn signal(pid: i32, sig: &str) {
 
 /// Spawns mosquitto and waits for its "running" line (or its exit).
 async fn spawn(port: u16, dir: &tempfile::TempDir) -> Option<Child> {
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
+    spawn_conf(
+        dir,
+        &format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nmax_queued_messages 10000\npersistence false\n"
         ),
     )
-    .expect("write conf");
+    .await
+}
+
+/// Spawns mosquitto with `text` as its configuration file.
+async fn spawn_conf(dir: &tempfile::TempDir, text: &str) -> Option<Child> {
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf, text).expect("write conf");
     let mut child = Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
