@@ -622,3 +622,25 @@ async fn identity_errors_are_configuration_errors() {
     assert_eq!(s.code(), Some(78), "{out}");
     assert!(out.contains(": deny[1]: "), "{out}");
 }
+
+#[test]
+fn the_shipped_size_limit_is_what_agents_accept() {
+    let dropin =
+        std::fs::read_to_string(format!("{TOP}/etc/mosquitto/conf.d/swarming.conf")).unwrap();
+    let limit: usize = dropin
+        .lines()
+        .find_map(|l| l.strip_prefix("message_size_limit "))
+        .expect("message_size_limit set")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(limit, swarming::protocol::MAX_WATCH_BYTES);
+    assert!(limit >= swarming::protocol::MAX_RESULT_BYTES);
+    for line in [
+        "require_certificate true",
+        "use_identity_as_username true",
+        "allow_anonymous false",
+    ] {
+        assert!(dropin.lines().any(|l| l == line), "{line} missing");
+    }
+}
