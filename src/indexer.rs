@@ -290,31 +290,27 @@ async fn broker_session(
     loop {
         let mut opts = mqtt::options(client_id.clone(), &broker, keepalive, false);
         opts.set_manual_acks(true);
-        let connected = match auth.apply(&mut opts, &broker) {
+        let tls = auth.apply(&mut opts, &broker);
+        let (client, mut el) = mqtt::client(opts, keepalive);
+        let connected = match tls {
             Err(e) => Err(format!("cannot set up TLS: {e}")),
-            Ok(()) => {
-                let (client, mut el) = mqtt::client(opts, keepalive);
-                tokio::select! {
-                    r = mqtt::connect(&mut el, keepalive) => r.map(|()| (client, el)),
-                    _ = cancel.cancelled() => return,
-                }
-            }
+            Ok(()) => tokio::select! {
+                r = mqtt::connect(&mut el, keepalive) => r,
+                _ = cancel.cancelled() => return,
+            },
         };
         if first_attempt {
             first_attempt = false;
             intake.tried.send_modify(|n| *n += 1);
         }
-        let (client, el) = match connected {
-            Ok(c) => c,
-            Err(reason) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(broker = %broker, %reason, retry_ms = delay.as_millis() as u64, "cannot connect to broker");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
-                    _ = cancel.cancelled() => return,
-                }
+        if let Err(reason) = connected {
+            let delay = backoff.next_delay();
+            tracing::warn!(broker = %broker, %reason, retry_ms = delay.as_millis() as u64, "cannot connect to broker");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => continue,
+                _ = cancel.cancelled() => return,
             }
-        };
+        }
         backoff.reset();
         intake.stats.brokers_up.fetch_add(1, Ordering::Relaxed);
         tracing::info!(broker = %broker, "connected to broker");

@@ -480,6 +480,12 @@ async fn signed_lists_apply_and_forged_unsigned_replayed_ones_do_not() {
         "a refused list was applied: {:?}",
         after.iter().map(|m| &m.topic).collect::<Vec<_>>()
     );
+    agent.signal("TERM");
+    assert!(agent.wait(10 * SEC).await.success());
+    assert!(!agent
+        .log
+        .iter()
+        .any(|l| l.contains("no watch_keys configured")));
     assert_eq!(
         agent
             .log
@@ -489,12 +495,6 @@ async fn signed_lists_apply_and_forged_unsigned_replayed_ones_do_not() {
         1,
         "the session flapped"
     );
-    agent.signal("TERM");
-    assert!(agent.wait(10 * SEC).await.success());
-    assert!(!agent
-        .log
-        .iter()
-        .any(|l| l.contains("no watch_keys configured")));
 
     // Without watch_keys the agent says once that it trusts anyone.
     let cfg = agent_config(
@@ -642,5 +642,55 @@ fn the_shipped_size_limit_is_what_agents_accept() {
         "allow_anonymous false",
     ] {
         assert!(dropin.lines().any(|l| l == line), "{line} missing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_and_password_file_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let ok = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["probe-pw", "s3cret"])
+        .status()
+        .expect("mosquitto_passwd")
+        .success();
+    assert!(ok);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = passwd.display().to_string();
+    let broker = Mosquitto::start_with(|port| {
+        format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {p}\nlog_dest stderr\npersistence false\n")
+    })
+    .await;
+    let good = dir.path().join("good");
+    std::fs::write(&good, "s3cret\n").unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "guess\n").unwrap();
+    for (file, accepted) in [(&bad, false), (&good, true)] {
+        let cfg = agent_config(
+            dir.path(),
+            &format!("\"{}\"", broker.addr()),
+            &format!(
+                "name: probe-pw\nusername: probe-pw\npassword_file: {}\n",
+                file.display()
+            ),
+        );
+        let mut agent = Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[]);
+        if accepted {
+            agent.wait_log(&["connected to broker"], 10 * SEC).await;
+        } else {
+            agent
+                .wait_log(&["cannot connect to broker", "NotAuthorized"], 10 * SEC)
+                .await;
+        }
+        agent.signal("TERM");
+        assert!(agent.wait(10 * SEC).await.success());
+        assert_eq!(
+            agent.log.iter().any(|l| l.contains("connected to broker")),
+            accepted
+        );
     }
 }
