@@ -431,45 +431,24 @@ async fn signed_lists_apply_and_forged_unsigned_replayed_ones_do_not() {
         .await
         .expect("newer signed list applied");
 
-    let unsigned = br#"{"targets": ["127.0.0.3"], "version": "x"}"#;
-    publish(broker.port, "watch", unsigned, true).await;
-    agent
-        .wait_log(&["watch message refused", "unsigned"], 5 * SEC)
-        .await;
-    publish(
-        broker.port,
-        "watch",
-        &signed(&evil, &["127.0.0.3"], 30),
-        true,
-    )
-    .await;
-    agent
-        .wait_log(
-            &["watch message refused", "none of the watch_keys"],
-            5 * SEC,
-        )
-        .await;
-    publish(
-        broker.port,
-        "watch",
-        &signed(&good, &["127.0.0.1"], 10),
-        true,
-    )
-    .await;
-    agent
-        .wait_log(
-            &["watch message refused", "replayed", "rejected_total=3"],
-            5 * SEC,
-        )
-        .await;
-    // Over the size limit, retained: skipped once, no reconnect loop.
-    publish(broker.port, "watch", &vec![b' '; 2 * 1024 * 1024], true).await;
-    agent
-        .wait_log(
-            &["watch message refused", "exceeds", "rejected_total=4"],
-            5 * SEC,
-        )
-        .await;
+    // Each refused in turn, counted; the last one, over the size limit and
+    // retained, is skipped once without a reconnect loop.
+    let refused: [(Vec<u8>, &str); 4] = [
+        (
+            br#"{"targets": ["127.0.0.3"], "version": "x"}"#.to_vec(),
+            "unsigned",
+        ),
+        (signed(&evil, &["127.0.0.3"], 30), "none of the watch_keys"),
+        (signed(&good, &["127.0.0.1"], 10), "replayed"),
+        (vec![b' '; 2 * 1024 * 1024], "exceeds"),
+    ];
+    for (i, (payload, why)) in refused.iter().enumerate() {
+        publish(broker.port, "watch", payload, true).await;
+        let total = format!("rejected_total={}", i + 1);
+        agent
+            .wait_log(&["watch message refused", why, &total], 5 * SEC)
+            .await;
+    }
 
     // Still on the list signed last, and only on it.
     sub.drain_for(Duration::ZERO).await;
