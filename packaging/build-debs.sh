@@ -1,6 +1,7 @@
 #!/bin/sh
-# Builds target/debian/swarming-agent_<version>_<arch>.deb and
-# target/debian/swarming-indexer_<version>_<arch>.deb.
+# Builds target/debian/swarming-agent_<version>_<arch>.deb,
+# target/debian/swarming-indexer_<version>_<arch>.deb and
+# target/debian/swarming-broker_<version>_all.deb.
 #
 # Needs: Debian 12 (root, or sudo for apt-get), the rustup toolchain (cargo).
 # Installs with apt-get what it lacks: debhelper (and lintian with --lintian).
@@ -59,7 +60,8 @@ src="$out/build/swarming-$version"
 rm -rf "$out/build"
 mkdir -p "$src"
 tar -C "$top" --exclude=./target --exclude=./.git -cf - . | tar -C "$src" -xf -
-rm -rf "$src/debian/.debhelper" "$src/debian/swarming-agent" "$src/debian/swarming-indexer"
+rm -rf "$src/debian/.debhelper" "$src/debian/swarming-agent" "$src/debian/swarming-indexer" \
+	"$src/debian/swarming-broker"
 
 # The package version is Cargo.toml's: add a changelog entry when the
 # committed debian/changelog is behind.
@@ -87,11 +89,12 @@ jobs=${SWARMING_BUILD_JOBS:-2}
 ) || { tail -n 40 "$out/build.log" >&2; die "dpkg-buildpackage failed (log: $out/build.log)"; }
 
 debs=""
-for pkg in swarming-agent swarming-indexer; do
-	deb="$out/build/${pkg}_${version}_${arch}.deb"
+for pkg in swarming-agent:$arch swarming-indexer:$arch swarming-broker:all; do
+	a=${pkg#*:} pkg=${pkg%:*}
+	deb="$out/build/${pkg}_${version}_${a}.deb"
 	[ -f "$deb" ] || die "missing $deb"
 	mv -f "$deb" "$out/"
-	debs="$debs $out/${pkg}_${version}_${arch}.deb"
+	debs="$debs $out/${pkg}_${version}_${a}.deb"
 done
 log "built:"
 for d in $debs; do printf '%s\n' "$d"; done

@@ -14,6 +14,9 @@
 #   6. stop: Result=success, ExecMainStatus=0; reinstall (upgrade path)
 #      restarts; remove keeps conffiles; purge leaves no trace
 #   7. systemd-analyze security: agent <= 2.0, indexer <= 1.5; verify is clean
+#   security (issue 9, at the end): swarming-broker installed next to both
+#      daemons, certificates from swarming-certs, the swarm over mutual TLS
+#      with signed lists, ACL and least-privilege checks, analyze <= 1.4 / 1.1
 #
 # Run as root. Environment:
 #   SWARMING_TEST_CACHE  cache directory (default /var/cache/swarming-system-test)
@@ -267,11 +270,13 @@ e=$(CT_TIMEOUT=10 in_ct systemctl is-enabled swarming-indexer 2>&1)
 a=$(CT_TIMEOUT=10 in_ct systemctl is-active swarming-indexer 2>&1)
 [ "$e" = disabled ] && [ "$a" = inactive ] && ok "swarming-indexer installed, disabled and inactive" ||
 	fail "swarming-indexer disabled and inactive" "$e, $a"
-s=$(sh_ct 'getent passwd swarming; stat -c "%a %U:%G %n" /etc/swarming/agent.yaml /etc/swarming/indexer.yaml' 2>&1)
-if echo "$s" | grep -q '^swarming:' && [ "$(echo "$s" | grep -c '^640 root:swarming /etc/swarming/')" = 2 ]; then
-	ok "user swarming exists; conffiles are 0640 root:swarming"
+s=$(sh_ct 'getent passwd swarming-agent swarming-indexer; stat -c "%a %U:%G %n" /etc/swarming/agent.yaml /etc/swarming/indexer.yaml' 2>&1)
+if echo "$s" | grep -q '^swarming-agent:' && echo "$s" | grep -q '^swarming-indexer:' &&
+	echo "$s" | grep -qx '640 root:swarming-agent /etc/swarming/agent.yaml' &&
+	echo "$s" | grep -qx '640 root:swarming-indexer /etc/swarming/indexer.yaml'; then
+	ok "users swarming-agent and swarming-indexer exist; each conffile is 0640 root:<its user>"
 else
-	fail "user swarming; /etc/swarming/*.yaml 640 root:swarming" "$(echo "$s" | tr '\n' ' ')"
+	fail "users swarming-agent, swarming-indexer; agent.yaml 640 root:swarming-agent, indexer.yaml 640 root:swarming-indexer" "$(echo "$s" | tr '\n' ' ')"
 fi
 s=$(sh_ct 'for f in /usr/share/man/man8/swarming-agent.8.gz /usr/share/man/man8/swarming-indexer.8.gz /usr/share/doc/swarming-agent/copyright /usr/share/doc/swarming-indexer/changelog.gz; do [ -f $f ] || echo "missing $f"; done' 2>&1)
 [ -z "$s" ] && ok "man pages, copyright and changelog installed" || fail "man pages and docs installed" "$s"
@@ -370,14 +375,15 @@ wait_for 20 active swarming-agent
 
 # ---------------------------------------------------------------- step 4
 step=4
-uid=$(sh_ct "id -u swarming"); gid=$(sh_ct "id -g swarming")
-caps() {   # UNIT EXPECTED-CAPEFF
-	local pid s
+caps() {   # UNIT EXPECTED-CAPEFF (the unit runs as the user named like it)
+	local pid s uid
+	uid=$(sh_ct "id -u $1")
+	owned_uids="${owned_uids:-} $uid"
 	pid=$(main_pid "$1")
 	s=$(sh_ct "grep -E '^(Uid|CapEff|CapAmb|CapBnd):' /proc/$pid/status" 2>&1)
 	if [ "${pid:-0}" != 0 ] && echo "$s" | grep -qE "^Uid:[[:space:]]+$uid[[:space:]]+$uid[[:space:]]+$uid[[:space:]]+$uid\$" &&
 		echo "$s" | grep -qE "^CapEff:[[:space:]]+$2\$"; then
-		ok "$1 (pid $pid) runs as swarming ($uid) with CapEff $2"
+		ok "$1 (pid $pid) runs as $1 ($uid) with CapEff $2"
 	else
 		fail "$1 as uid $uid with CapEff $2" "pid $pid: $(echo "$s" | tr '\n\t' '  ')"
 	fi
@@ -449,7 +455,7 @@ for u in swarming-agent swarming-indexer; do
 done
 CT_TIMEOUT=180 in_ct apt-get remove -y -o Dpkg::Use-Pty=0 swarming-agent swarming-indexer >"$run_dir/remove.log" 2>&1 ||
 	fail "apt remove succeeds" "$(tail -n 5 "$run_dir/remove.log" | tr '\n' ' ')"
-s=$(sh_ct 'grep -c "^brokers:" /etc/swarming/agent.yaml /etc/swarming/indexer.yaml; getent passwd swarming >/dev/null && echo user' 2>&1)
+s=$(sh_ct 'grep -c "^brokers:" /etc/swarming/agent.yaml /etc/swarming/indexer.yaml; getent passwd swarming-agent >/dev/null && getent passwd swarming-indexer >/dev/null && echo user' 2>&1)
 [ "$(echo "$s" | grep -c ':1$')" = 2 ] && echo "$s" | grep -qx user &&
 	ok "remove kept the edited conffiles and the user" || fail "conffiles (edited) and user kept after remove" "$(echo "$s" | tr '\n' ' ')"
 CT_TIMEOUT=180 in_ct apt-get purge -y -o Dpkg::Use-Pty=0 swarming-agent swarming-indexer >"$run_dir/purge.log" 2>&1 ||
@@ -468,12 +474,135 @@ left=$(sh_ct '
 		[ ! -e $f ] || echo "$f"
 	done
 	find /etc/systemd/system -name "swarming-*" 2>/dev/null
-	getent passwd swarming && echo "user swarming"
-	getent group swarming && echo "group swarming"
-	[ -z "'"$uid"'" ] || find / -xdev \( -uid "'"$uid"'" -o -gid "'"$gid"'" \) -print 2>/dev/null | head -n 5
+	for u in swarming swarming-agent swarming-indexer; do
+		getent passwd $u && echo "user $u"
+		getent group $u && echo "group $u"
+	done
+	for i in '"${owned_uids:-}"'; do find / -xdev -uid "$i" -print 2>/dev/null | head -n 5; done
 	true' 2>&1)
 [ -z "$left" ] && ok "purge left no trace (files, state, user, group, unit links)" ||
 	fail "nothing left after purge" "$(echo "$left" | tr '\n' ' ')"
+
+# ================================================================ security
+# Issue 9, kept apart from the steps above: swarming-broker next to both
+# daemons, certificates from the documented command (swarming-certs), the
+# swarm over mutual TLS with the shipped drop-in and ACL, signed target
+# lists, and least privilege on the host. Runs on the purged system left
+# by step 6.
+step=security
+broker_deb=$debdir/swarming-broker_${version}_all.deb
+[ -f "$broker_deb" ] || fatal "$broker_deb built (and lintian clean) by build-debs.sh" "$(ls "$debdir" 2>&1 | tr '\n' ' ')"
+cp "$broker_deb" "$agent_deb" "$indexer_deb" "$run_dir/root/root/debs/"
+# The plain test listener of step 1 (anonymous) must not stay next to ours.
+sh_ct "rm -f /etc/mosquitto/conf.d/swarming-test.conf"
+CT_TIMEOUT=300 in_ct apt-get install -y -o Dpkg::Use-Pty=0 "/root/debs/$(basename "$broker_deb")" \
+	"/root/debs/$(basename "$agent_deb")" "/root/debs/$(basename "$indexer_deb")" >"$run_dir/install-sec.log" 2>&1 ||
+	{ tail -n 30 "$run_dir/install-sec.log"; fatal "apt install of swarming-broker and both daemons succeeds" "it failed (log above)"; }
+ok "apt install swarming-broker swarming-agent swarming-indexer"
+wait_for 30 active mosquitto && ok "mosquitto active with the swarming drop-in (TLS listener 8883)" ||
+	fatal "mosquitto active with the drop-in" "$(CT_TIMEOUT=10 in_ct systemctl is-active mosquitto 2>&1); $(CT_TIMEOUT=10 in_ct tail -n 5 /var/log/mosquitto/mosquitto.log 2>&1 | tr '\n' ' ')"
+s=$(sh_ct 'stat -c "%a %U:%G %n" /etc/mosquitto/swarming /etc/mosquitto/swarming/ca.key /etc/mosquitto/swarming/broker.key' 2>&1)
+echo "$s" | grep -qx '750 root:mosquitto /etc/mosquitto/swarming' && echo "$s" | grep -qx '600 root:root /etc/mosquitto/swarming/ca.key' &&
+	echo "$s" | grep -qx '640 root:mosquitto /etc/mosquitto/swarming/broker.key' &&
+	ok "CA and broker certificate made at installation; CA key root-only" ||
+	fail "/etc/mosquitto/swarming 750 root:mosquitto, ca.key 600 root:root, broker.key 640 root:mosquitto" "$(echo "$s" | tr '\n' ' ')"
+
+# The documented commands (docs/security.md): client certificates, files
+# installed with their owners, the watch key.
+sh_ct 'set -e; cd /etc/mosquitto/swarming
+	swarming-certs -d . agent probe-st >/dev/null
+	swarming-certs -d . indexer >/dev/null
+	install -m 0644 ca.pem indexer.pem /etc/swarming/tls/
+	install -m 0644 agent-probe-st.pem /etc/swarming/tls/agent.pem
+	install -o root -g swarming-agent -m 0640 agent-probe-st.key /etc/swarming/tls/agent.key
+	install -o root -g swarming-indexer -m 0640 indexer.key /etc/swarming/tls/indexer.key' >"$run_dir/certs.log" 2>&1 &&
+	ok "swarming-certs: agent and indexer certificates installed" ||
+	fail "swarming-certs agent/indexer and install succeed" "$(tr '\n' ' ' <"$run_dir/certs.log")"
+pub=$(sh_ct 'swarming-indexer --gen-watch-key /etc/swarming/watch.key 2>/dev/null &&
+	chgrp swarming-indexer /etc/swarming/watch.key && chmod 0640 /etc/swarming/watch.key' | grep '^ed25519:')
+[ -n "$pub" ] && ok "swarming-indexer --gen-watch-key: $pub" || fail "a public key printed by --gen-watch-key" "none"
+tls_dir=/etc/swarming/tls
+sh_ct "cat >/etc/swarming/indexer.yaml" <<EOF
+# system test: mutual TLS
+brokers: ["mqtts://localhost"]
+tls: {ca: $tls_dir/ca.pem, cert: $tls_dir/indexer.pem, key: $tls_dir/indexer.key}
+watch_key: /etc/swarming/watch.key
+targets: [127.0.0.1, 127.0.0.2]
+file: {path: /var/lib/swarming/results.ndjson}
+EOF
+# No name: the agent takes its certificate's CN.
+sh_ct "cat >/etc/swarming/agent.yaml" <<EOF
+# system test: mutual TLS
+brokers: ["mqtts://localhost"]
+tls: {ca: $tls_dir/ca.pem, cert: $tls_dir/agent.pem, key: $tls_dir/agent.key}
+watch_keys: ["$pub"]
+deny: [127.0.0.1/32]
+ping: {interval: 2s, count: 1, timeout: 1s}
+EOF
+sec_since=$(sh_ct "date '+%Y-%m-%d %H:%M:%S'")
+CT_TIMEOUT=60 in_ct systemctl enable --now swarming-indexer >/dev/null 2>&1 || true
+CT_TIMEOUT=60 in_ct systemctl restart swarming-agent swarming-indexer >/dev/null 2>&1 || true
+expect_active swarming-indexer "over mqtts://localhost"
+expect_active swarming-agent "over mqtts://localhost"
+# ssub WHO TOPIC SECONDS: first message on TOPIC, connected with WHO's certificate.
+ssub() {
+	CT_TIMEOUT=$(($3 + 20)) in_ct mosquitto_sub -h localhost -p 8883 --cafile $tls_dir/ca.pem \
+		--cert "/etc/mosquitto/swarming/$1.pem" --key "/etc/mosquitto/swarming/$1.key" \
+		-t "$2" -C 1 -W "$3" 2>"$run_dir/ssub.err"
+}
+if r=$(ssub indexer ping/127.0.0.2 60) && echo "$r" | grep -q '"agent":"probe-st"'; then
+	ok "over mTLS, result of agent probe-st (name from its CN): $(echo "$r" | head -c 200)"
+else
+	fail "a result from probe-st on ping/127.0.0.2 within 60 s" "'${r:-}' $(cat "$run_dir/ssub.err")"
+fi
+if wait_for 30 sh -c "nsenter -t $ct_pid -a grep -q '\"probe-st\"' /var/lib/swarming/results.ndjson 2>/dev/null"; then
+	ok "the indexer (mTLS) wrote probe-st's results"
+else
+	fail "probe-st results in /var/lib/swarming/results.ndjson" "$(sh_ct 'tail -c 300 /var/lib/swarming/results.ndjson' 2>&1)"
+fi
+# The running agent's own lines (the one started at install had no watch_keys).
+j=$(sh_ct "journalctl _PID=$(main_pid swarming-agent) --since '$sec_since' -o cat --no-pager" 2>&1)
+echo "$j" | grep -q 'target refused by the agent' && echo "$j" | grep -q 'target list applied' &&
+	ok "signed list applied; 127.0.0.1 refused by deny" ||
+	fail "journal: target list applied, target refused by the agent's rules" "$(echo "$j" | tail -n 5 | tr '\n' ' ')"
+! echo "$j" | grep -q 'no watch_keys configured' && ok "agent with watch_keys does not trust any publisher" ||
+	fail "no 'no watch_keys configured' line" "present"
+if CT_TIMEOUT=30 in_ct mosquitto_sub -h localhost -p 8883 --cafile $tls_dir/ca.pem -t '#' -C 1 -W 5 >/dev/null 2>&1; then
+	fail "a client without a certificate is refused" "it received a message"
+else
+	ok "a client without a certificate is refused"
+fi
+# An agent's certificate publishing a retained watch: dropped by the ACL,
+# the retained list stays the indexer's signed one.
+CT_TIMEOUT=30 in_ct mosquitto_pub -h localhost -p 8883 --cafile $tls_dir/ca.pem \
+	--cert /etc/mosquitto/swarming/agent-probe-st.pem --key /etc/mosquitto/swarming/agent-probe-st.key \
+	-q 1 -r -t watch -m '{"targets":["127.0.0.9"]}' >/dev/null 2>&1
+if w=$(ssub agent-probe-st watch 10) && echo "$w" | grep -q '"signature":"ed25519:' && ! echo "$w" | grep -q 127.0.0.9; then
+	ok "the ACL kept the agent's watch out; the retained list is the signed one"
+else
+	fail "retained watch signed by the indexer, without 127.0.0.9" "'${w:-}' $(cat "$run_dir/ssub.err")"
+fi
+
+# Least privilege: each daemon reads its own files only.
+as() { sh_ct "setpriv --reuid=$1 --regid=$1 --init-groups sh -c '$2' >/dev/null 2>&1"; }
+bad=""
+for f in /etc/swarming/indexer.yaml /etc/swarming/tls/indexer.key /etc/swarming/watch.key /var/lib/swarming/results.ndjson; do
+	as swarming-agent "cat $f" && bad="$bad agent-reads:$f"
+done
+as swarming-indexer "cat /etc/swarming/tls/agent.key" && bad="$bad indexer-reads:agent.key"
+as swarming-agent "cat /etc/swarming/tls/agent.key" || bad="$bad agent-cannot-read-own-key"
+as swarming-indexer "cat /etc/swarming/tls/indexer.key /etc/swarming/watch.key" || bad="$bad indexer-cannot-read-own-keys"
+[ -z "$bad" ] && ok "the agent cannot read the indexer's config, keys or state; each reads its own key" ||
+	fail "file access by user as documented" "$bad"
+score swarming-agent 1.4
+score swarming-indexer 1.1
+
+# Purge the broker package: its CA and certificates go, mosquitto stays up.
+CT_TIMEOUT=180 in_ct apt-get purge -y -o Dpkg::Use-Pty=0 swarming-broker >"$run_dir/purge-broker.log" 2>&1 ||
+	fail "apt purge swarming-broker succeeds" "$(tail -n 5 "$run_dir/purge-broker.log" | tr '\n' ' ')"
+left=$(sh_ct 'ls -d /etc/mosquitto/swarming /etc/mosquitto/conf.d/swarming.conf /etc/mosquitto/swarming.acl /usr/sbin/swarming-certs 2>/dev/null')
+[ -z "$left" ] && wait_for 30 active mosquitto && ok "purge swarming-broker: files gone, mosquitto active" ||
+	fail "nothing of swarming-broker left, mosquitto active" "$left $(CT_TIMEOUT=10 in_ct systemctl is-active mosquitto 2>&1)"
 
 step=done
 say "all steps run"

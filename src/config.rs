@@ -12,7 +12,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::guard::Rules;
 use crate::protocol::Target;
+use crate::tls::{ClientAuth, Login, RawTls, TlsSettings};
+use crate::watch_sign::{PublicKey, SigningKey};
 
 /// Default location of the agent's file.
 pub const AGENT_CONFIG_PATH: &str = "/etc/swarming/agent.yaml";
@@ -20,6 +23,8 @@ pub const AGENT_CONFIG_PATH: &str = "/etc/swarming/agent.yaml";
 pub const INDEXER_CONFIG_PATH: &str = "/etc/swarming/indexer.yaml";
 /// Default MQTT port.
 pub const MQTT_PORT: u16 = 1883;
+/// Default MQTT-over-TLS port (`mqtts://`).
+pub const MQTTS_PORT: u16 = 8883;
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -62,16 +67,21 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// An MQTT broker address: `host`, `host:port`, `[v6]:port` or
-/// `mqtt://host:port`.
+/// An MQTT broker address: `host`, `host:port`, `[v6]:port`,
+/// `mqtt://host:port` or `mqtts://host[:port]` (TLS, port 8883 by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Broker {
     pub host: String,
     pub port: u16,
+    /// MQTT over TLS.
+    pub tls: bool,
 }
 
 impl fmt::Display for Broker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("mqtts://")?;
+        }
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
@@ -85,18 +95,18 @@ impl std::str::FromStr for Broker {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let rest = if let Some((scheme, rest)) = s.split_once("://") {
+        let (rest, tls) = if let Some((scheme, rest)) = s.split_once("://") {
             match scheme {
-                "mqtt" | "tcp" => rest,
-                "mqtts" | "ssl" | "tls" => {
+                "mqtt" | "tcp" => (rest, false),
+                "mqtts" | "ssl" | "tls" => (rest, true),
+                _ => {
                     return Err(format!(
-                        "{s:?}: TLS brokers ({scheme}://) are not supported yet; use mqtt://"
+                        "{s:?}: unknown scheme {scheme:?}; use mqtt:// or mqtts://"
                     ))
                 }
-                _ => return Err(format!("{s:?}: unknown scheme {scheme:?}; use mqtt://")),
             }
         } else {
-            s
+            (s, false)
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
@@ -124,6 +134,7 @@ impl std::str::FromStr for Broker {
             return Err(format!("{s:?}: invalid host {host:?}"));
         }
         let port = match port {
+            None if tls => MQTTS_PORT,
             None => MQTT_PORT,
             Some(p) => match p.parse::<u16>() {
                 Ok(0) | Err(_) => return Err(format!("{s:?}: invalid port {p:?}")),
@@ -133,6 +144,7 @@ impl std::str::FromStr for Broker {
         Ok(Broker {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 }
@@ -297,6 +309,50 @@ fn keepalive(file: &Path, key: &str, d: Duration) -> Result<Duration, ConfigErro
     Ok(Duration::from_secs(d.as_secs()))
 }
 
+/// `tls`, `username` and `password_file`, loaded (files read, key and
+/// certificate checked against each other).
+fn client_auth(
+    file: &Path,
+    tls: Option<RawTls>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<ClientAuth, ConfigError> {
+    let err = |e: crate::tls::TlsError| {
+        let key = e.key();
+        let text = e.to_string();
+        let message = text
+            .strip_prefix(&format!("{key}: "))
+            .unwrap_or(&text)
+            .to_owned();
+        ConfigError::invalid(file, key, message)
+    };
+    let tls = tls.map(TlsSettings::load).transpose().map_err(err)?;
+    let login = match (username, password_file) {
+        (None, None) => None,
+        (Some(u), Some(p)) => {
+            if u.is_empty() {
+                return Err(ConfigError::invalid(file, "username", "must not be empty"));
+            }
+            Some(Login::load(u, &p).map_err(err)?)
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                file,
+                "password_file",
+                "username given without password_file",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                file,
+                "username",
+                "password_file given without username",
+            ))
+        }
+    };
+    Ok(ClientAuth { tls, login })
+}
+
 // ---------------------------------------------------------------- agent
 
 /// `/etc/swarming/agent.yaml` as written.
@@ -314,6 +370,18 @@ pub struct RawAgentConfig {
     pub ping: RawPingConfig,
     pub limits: RawLimits,
     pub log: LogConfig,
+    /// Client certificate, key and CA for `mqtts://` brokers.
+    pub tls: Option<RawTls>,
+    /// MQTT username; the password is the first line of `password_file`.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Public keys (`ed25519:BASE64`) whose signed `watch` lists are
+    /// applied; empty: any list from anyone is applied.
+    pub watch_keys: Vec<String>,
+    /// CIDR prefixes the agent may ping; empty: everything not denied.
+    pub allow: Vec<String>,
+    /// CIDR prefixes the agent never pings, whatever `allow` says.
+    pub deny: Vec<String>,
 }
 
 impl Default for RawAgentConfig {
@@ -326,6 +394,12 @@ impl Default for RawAgentConfig {
             ping: RawPingConfig::default(),
             limits: RawLimits::default(),
             log: LogConfig::default(),
+            tls: None,
+            username: None,
+            password_file: None,
+            watch_keys: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }
@@ -402,6 +476,10 @@ pub struct AgentSettings {
     pub max_rate: f64,
     pub max_queued: usize,
     pub log: LogConfig,
+    pub auth: ClientAuth,
+    /// Empty: any publisher's list is applied.
+    pub watch_keys: Vec<PublicKey>,
+    pub rules: Rules,
 }
 
 impl AgentSettings {
@@ -418,8 +496,45 @@ impl AgentSettings {
     }
 
     pub fn validate(file: &Path, raw: RawAgentConfig) -> Result<Self, ConfigError> {
-        let name = raw.name.unwrap_or_else(hostname);
+        let auth = client_auth(file, raw.tls, raw.username, raw.password_file)?;
+        // The broker knows the agent by its certificate's CN (the ACL's
+        // %u): the name must be that CN, or the agent could not publish
+        // its own notices.
+        let cn = auth.tls.as_ref().and_then(|t| t.cn.clone());
+        let name = match (raw.name, cn) {
+            (Some(n), Some(cn)) if n != cn => {
+                return Err(ConfigError::invalid(
+                    file,
+                    "name",
+                    format!("{n:?} differs from the CN {cn:?} of the client certificate (tls.cert); remove name or make them equal"),
+                ))
+            }
+            (Some(n), _) | (None, Some(n)) => n,
+            (None, None) => hostname(),
+        };
         check_name(file, "name", &name)?;
+        if name == crate::tls::INDEXER_CN {
+            return Err(ConfigError::invalid(
+                file,
+                "name",
+                format!("{name:?} is reserved for indexers"),
+            ));
+        }
+        let mut watch_keys = Vec::with_capacity(raw.watch_keys.len());
+        for (i, k) in raw.watch_keys.iter().enumerate() {
+            watch_keys.push(
+                k.parse::<PublicKey>()
+                    .map_err(|e| ConfigError::invalid(file, &format!("watch_keys[{i}]"), e))?,
+            );
+        }
+        let prefixes = |key: &str, list: &[String]| {
+            Rules::parse_list(list)
+                .map_err(|(i, m)| ConfigError::invalid(file, &format!("{key}[{i}]"), m))
+        };
+        let rules = Rules {
+            allow: prefixes("allow", &raw.allow)?,
+            deny: prefixes("deny", &raw.deny)?,
+        };
         for k in raw.labels.keys() {
             if k.is_empty() || k.contains(['.', ' ']) {
                 return Err(ConfigError::invalid(
@@ -483,6 +598,9 @@ impl AgentSettings {
             max_rate: raw.limits.max_rate,
             max_queued: raw.limits.max_queued,
             log: raw.log,
+            auth,
+            watch_keys,
+            rules,
         })
     }
 }
@@ -510,6 +628,13 @@ pub struct RawIndexerConfig {
     /// Spool size budget; the oldest results are dropped past it.
     pub spool_max_bytes: u64,
     pub log: LogConfig,
+    /// Client certificate (CN `swarming-indexer`), key and CA for `mqtts://` brokers.
+    pub tls: Option<RawTls>,
+    /// MQTT username; the password is the first line of `password_file`.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Ed25519 private key (PEM) that signs `watch`; absent: unsigned lists.
+    pub watch_key: Option<PathBuf>,
 }
 
 impl Default for RawIndexerConfig {
@@ -524,6 +649,10 @@ impl Default for RawIndexerConfig {
             state_dir: PathBuf::from("/var/lib/swarming"),
             spool_max_bytes: 1024 * 1024 * 1024,
             log: LogConfig::default(),
+            tls: None,
+            username: None,
+            password_file: None,
+            watch_key: None,
         }
     }
 }
@@ -670,6 +799,8 @@ pub struct IndexerSettings {
     pub state_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub log: LogConfig,
+    pub auth: ClientAuth,
+    pub watch_key: Option<std::sync::Arc<SigningKey>>,
 }
 
 impl IndexerSettings {
@@ -759,6 +890,12 @@ impl IndexerSettings {
             state_dir: raw.state_dir,
             spool_max_bytes: raw.spool_max_bytes,
             log: raw.log,
+            auth: client_auth(file, raw.tls, raw.username, raw.password_file)?,
+            watch_key: raw
+                .watch_key
+                .map(|k| SigningKey::load(&k).map(std::sync::Arc::new))
+                .transpose()
+                .map_err(|e| ConfigError::invalid(file, "watch_key", e))?,
         })
     }
 }
@@ -908,7 +1045,8 @@ mod tests {
             b("mqtt1.example.net").unwrap(),
             Broker {
                 host: "mqtt1.example.net".into(),
-                port: 1883
+                port: 1883,
+                tls: false
             }
         );
         assert_eq!(b("h:1884").unwrap().port, 1884);
@@ -917,11 +1055,22 @@ mod tests {
             b("[::1]:1884").unwrap(),
             Broker {
                 host: "::1".into(),
-                port: 1884
+                port: 1884,
+                tls: false
             }
         );
         assert_eq!(b("::1").unwrap().port, 1883);
-        assert!(b("mqtts://h:8883").unwrap_err().contains("TLS"));
+        assert_eq!(
+            b("mqtts://mqtt1.example.net").unwrap(),
+            Broker {
+                host: "mqtt1.example.net".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(b("ssl://[::1]:8884").unwrap().port, 8884);
+        assert_eq!(b("mqtts://h:9").unwrap().to_string(), "mqtts://h:9");
+        assert!(b("mqtts://").is_err());
         assert!(b("h:0").is_err());
         assert!(b("h:99999").is_err());
         assert!(b("").is_err());
@@ -955,7 +1104,7 @@ mod tests {
         );
         let e = err("brokers: []\n");
         assert!(e.contains(": brokers: "), "{e}");
-        let e = err("brokers: [ok, \"mqtts://x\"]\n");
+        let e = err("brokers: [ok, \"https://x\"]\n");
         assert!(e.contains(": brokers[1]: "), "{e}");
         let e = err("bogus: 1\n");
         assert!(e.contains(": bogus: unknown field"), "{e}");
@@ -972,7 +1121,8 @@ mod tests {
             s.brokers,
             vec![Broker {
                 host: "localhost".into(),
-                port: 1883
+                port: 1883,
+                tls: false
             }]
         );
         assert_eq!(s.ping.count, 5);

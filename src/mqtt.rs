@@ -152,6 +152,8 @@ pub struct LinkConfig {
     /// Brokers in the order they are tried (shuffled once by the caller).
     pub brokers: Vec<Broker>,
     pub keepalive: Duration,
+    /// TLS and credentials.
+    pub auth: crate::tls::ClientAuth,
 }
 
 /// The link's state, for status lines and tests.
@@ -463,6 +465,11 @@ async fn agent_session(
     );
     let session_start = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     opts.set_last_will(will(cfg, &session_start));
+    if let Err(e) = cfg.auth.apply(&mut opts, broker) {
+        tracing::warn!(broker = %broker, error = %e, "cannot set up TLS for broker");
+        h.attempts.send_modify(|n| *n += 1);
+        return SessionEnd::ConnectFailed;
+    }
     let (client, mut el) = client(opts, cfg.keepalive);
     let connected = connect(&mut el, cfg.keepalive).await;
     h.attempts.send_modify(|n| *n += 1);

@@ -104,11 +104,19 @@ impl std::str::FromStr for Target {
     }
 }
 
-/// Addresses an agent must never send echo requests to.
+/// Addresses an agent must never send echo requests to: multicast,
+/// broadcast and unspecified, also in their IPv4-mapped (`::ffff:a.b.c.d`)
+/// and IPv4-compatible (`::a.b.c.d`) IPv6 forms.
 pub fn forbidden_address(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified(),
-        IpAddr::V6(v6) => v6.is_multicast() || v6.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_multicast()
+                || v6.is_unspecified()
+                || v6
+                    .to_ipv4()
+                    .is_some_and(|v4| forbidden_address(IpAddr::V4(v4)))
+        }
     }
 }
 
@@ -356,13 +364,25 @@ mod tests {
             "ff02::1",
             "::",
             "[ff02::1]",
+            "::ffff:224.0.0.1",
+            "::ffff:255.255.255.255",
+            "::ffff:0.0.0.0",
+            "[::ffff:224.0.0.1]",
+            "::224.0.0.1",
+            "::255.255.255.255",
         ] {
             assert!(
                 matches!(bad.parse::<Target>(), Err(TargetError::ForbiddenAddress(_))),
                 "{bad} accepted"
             );
         }
-        for good in ["127.0.0.1", "::1", "example.com", "192.0.2.7"] {
+        for good in [
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "example.com",
+            "192.0.2.7",
+        ] {
             assert!(good.parse::<Target>().is_ok(), "{good} refused");
         }
     }

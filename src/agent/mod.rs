@@ -79,6 +79,10 @@ pub struct Scheduler {
     engine: Engine,
     targets: Vec<Target>,
     max_targets: usize,
+    /// What may be pinged (allow/deny, forbidden addresses).
+    guard: Arc<crate::guard::Guard>,
+    /// Signature and replay checks on `watch` (keys change on reload).
+    verifier: Arc<std::sync::Mutex<crate::watch_sign::Verifier>>,
 }
 
 impl Scheduler {
@@ -141,8 +145,22 @@ impl Scheduler {
 /// Parses a `watch` payload and applies it; malformed ones are counted,
 /// logged and ignored (the previous list stays). True when applied.
 pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStats) -> bool {
+    let verified = scheduler
+        .verifier
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(payload);
+    if let Err(e) = verified {
+        let n = stats.watch_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(error = %e, rejected_total = n, "watch message refused; keeping the previous list");
+        return false;
+    }
     match WatchList::parse(payload) {
-        Ok(parsed) => {
+        Ok(mut parsed) => {
+            let guard = &scheduler.guard;
+            parsed
+                .targets
+                .retain(|t| t.ip().is_none_or(|ip| guard.permit(t.as_str(), ip)));
             for (text, why) in &parsed.rejected {
                 stats.targets_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target = %text.escape_debug(), reason = %why, "target rejected, never pinged");
@@ -180,6 +198,8 @@ pub struct AgentView {
     pub clash: watch::Receiver<Option<String>>,
     /// Echoes sent / received at the last status line.
     last: Arc<(AtomicU64, AtomicU64)>,
+    /// Targets refused by allow/deny or as forbidden addresses.
+    pub guard: Arc<crate::guard::Guard>,
 }
 
 /// A running agent: change its settings with [`Agent::reload`], stop it with
@@ -191,6 +211,7 @@ pub struct Agent {
     plan_tx: watch::Sender<Plan>,
     link_tx: watch::Sender<LinkConfig>,
     max_targets_tx: watch::Sender<usize>,
+    verifier: Arc<std::sync::Mutex<crate::watch_sign::Verifier>>,
     outbox: Arc<Outbox>,
     stop_pinging: CancellationToken,
     drain: CancellationToken,
@@ -237,7 +258,15 @@ impl Agent {
             instance: instance.clone(),
             brokers,
             keepalive: settings.keepalive,
+            auth: settings.auth.clone(),
         });
+        let guard = Arc::new(crate::guard::Guard::new(settings.rules.clone()));
+        let verifier = Arc::new(std::sync::Mutex::new(crate::watch_sign::Verifier::new(
+            settings.watch_keys.clone(),
+        )));
+        if settings.watch_keys.is_empty() {
+            tracing::warn!("no watch_keys configured: target lists from any publisher on the brokers are applied");
+        }
         let stop_pinging = CancellationToken::new();
         let tracker = TaskTracker::new();
         let sink_outbox = outbox.clone();
@@ -257,6 +286,7 @@ impl Agent {
             sockets,
             plan(&settings, &instance, false),
             sink,
+            guard.clone(),
             stop_pinging.clone(),
             &tracker,
         )?;
@@ -284,6 +314,8 @@ impl Agent {
             engine,
             targets: Vec::new(),
             max_targets: settings.max_targets,
+            guard: guard.clone(),
+            verifier: verifier.clone(),
         };
         let (max_targets_tx, mut max_targets_rx) = watch::channel(settings.max_targets);
         let main_stop = stop_pinging.clone();
@@ -333,6 +365,7 @@ impl Agent {
             attempts: attempts_rx,
             clash: clash_rx,
             last: Arc::default(),
+            guard,
         };
         Ok(Agent {
             settings,
@@ -341,6 +374,7 @@ impl Agent {
             plan_tx,
             link_tx,
             max_targets_tx,
+            verifier,
             outbox,
             stop_pinging,
             drain,
@@ -395,7 +429,27 @@ impl Agent {
             b.sort();
             a == b
         };
-        if !same_brokers || new.name != old.name || new.keepalive != old.keepalive {
+        if new.watch_keys != old.watch_keys {
+            self.verifier
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_keys(new.watch_keys.clone());
+            changed.push("watch_keys");
+        }
+        if new.rules != old.rules {
+            self.view.guard.set(new.rules.clone());
+            // Re-applies the running list under the new rules.
+            self.max_targets_tx.send_replace(new.max_targets);
+            changed.push("allow/deny");
+        }
+        if new.auth != old.auth {
+            changed.push("tls/credentials");
+        }
+        if !same_brokers
+            || new.name != old.name
+            || new.keepalive != old.keepalive
+            || new.auth != old.auth
+        {
             let brokers = if same_brokers {
                 self.link_tx.borrow().brokers.clone()
             } else {
@@ -410,6 +464,7 @@ impl Agent {
                 instance: self.instance.clone(),
                 brokers,
                 keepalive: new.keepalive,
+                auth: new.auth.clone(),
             });
         }
         if new.log != old.log {
@@ -496,7 +551,7 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
         None => String::new(),
     };
     format!(
-        "{clash}{link}; {mode}; {} targets every {}s{stretched}; {} rounds, {} slots skipped; last period {}/{} echoes answered; {} queued, {} dropped",
+        "{clash}{link}; {mode}; {} targets every {}s{stretched}; {} rounds, {} slots skipped; last period {}/{} echoes answered; {} queued, {} dropped; {} refused by rules, {} watch lists refused",
         *v.targets.borrow(),
         interval_ms as f64 / 1000.0,
         e.rounds.load(Ordering::Relaxed),
@@ -505,6 +560,8 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
         sent.saturating_sub(last_sent),
         v.outbox.len(),
         v.outbox.dropped(),
+        v.guard.refused(),
+        v.stats.watch_rejected.load(Ordering::Relaxed),
         mode = match v.mode {
             Mode::Raw => "raw ICMP",
             Mode::Datagram => "datagram ICMP",

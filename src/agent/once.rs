@@ -2,6 +2,9 @@
 //! with the configured ping settings (or flags), printed; no broker needed.
 //! The first command a new probe's operator runs.
 
+use std::sync::Arc;
+
+use crate::guard::Guard;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -143,7 +146,15 @@ pub fn main() -> ExitCode {
             settings.ping.count,
             sockets.mode.describe()
         );
-        Ok::<_, OpenError>(ping::once(sockets, plan, targets.clone()).await)
+        Ok::<_, OpenError>(
+            ping::once(
+                sockets,
+                plan,
+                Arc::new(Guard::new(settings.rules.clone())),
+                targets.clone(),
+            )
+            .await,
+        )
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
     let results = match outcome {

@@ -59,6 +59,17 @@ pub fn watch_payload(targets: &[Target]) -> Vec<u8> {
     serde_json::to_vec(&WatchList::new(targets, version)).unwrap_or_default()
 }
 
+/// What the indexer publishes on `watch`: [`watch_payload`], signed with
+/// `key` when one is configured (see `watch_sign`).
+fn published_watch(targets: &[Target], key: Option<&crate::watch_sign::SigningKey>) -> Vec<u8> {
+    let payload = watch_payload(targets);
+    let Some(key) = key else { return payload };
+    crate::watch_sign::sign(&payload, key, crate::watch_sign::next_sequence()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot sign the target list: publishing it unsigned");
+        payload
+    })
+}
+
 /// Live view of a running indexer.
 #[derive(Clone)]
 pub struct IndexerView {
@@ -185,7 +196,10 @@ impl Indexer {
                 },
             )
         };
-        let (watch_tx, _) = watch::channel(Arc::new(watch_payload(&settings.targets)));
+        let (watch_tx, _) = watch::channel(Arc::new(published_watch(
+            &settings.targets,
+            settings.watch_key.as_deref(),
+        )));
         let (es_state, es_rx) = watch::channel(EsState::Disabled);
         let (es_client, es_client_rx) = watch::channel(None);
         let mut indexer = Indexer {
@@ -237,6 +251,7 @@ impl Indexer {
             broker: broker.clone(),
             client_id: mqtt::client_id("swarming-indexer", &self.settings.name),
             keepalive: self.settings.keepalive,
+            auth: self.settings.auth.clone(),
         };
         let shared = self.shared.clone();
         let watch_tx = self.watch_tx.clone();
@@ -303,13 +318,15 @@ impl Indexer {
     pub async fn reload(&mut self, mut new: IndexerSettings) -> Vec<&'static str> {
         let old = &self.settings;
         let mut changed = Vec::new();
-        if new.targets != old.targets {
-            self.watch_tx
-                .send_replace(Arc::new(watch_payload(&new.targets)));
+        if new.targets != old.targets || new.watch_key != old.watch_key {
+            self.watch_tx.send_replace(Arc::new(published_watch(
+                &new.targets,
+                new.watch_key.as_deref(),
+            )));
             changed.push("targets");
         }
-        // A new name or keepalive changes every session.
-        let all = new.name != old.name || new.keepalive != old.keepalive;
+        // A new name, keepalive, TLS or login changes every session.
+        let all = new.name != old.name || new.keepalive != old.keepalive || new.auth != old.auth;
         let wanted: HashSet<&Broker> = new.brokers.iter().collect();
         let closing: Vec<Broker> = self
             .sessions
@@ -326,6 +343,7 @@ impl Indexer {
         }
         self.settings.name = new.name.clone();
         self.settings.keepalive = new.keepalive;
+        self.settings.auth = new.auth.clone();
         let mut opened = false;
         for b in &new.brokers {
             if !self.sessions.contains_key(b) {

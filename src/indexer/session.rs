@@ -85,6 +85,8 @@ pub struct SessionConfig {
     pub broker: Broker,
     pub client_id: String,
     pub keepalive: Duration,
+    /// TLS client certificate and/or MQTT login.
+    pub auth: crate::tls::ClientAuth,
 }
 
 /// One broker's session, until `cancel`: connect, subscribe, publish
@@ -106,11 +108,15 @@ pub async fn run(
         let mut opts = mqtt::options(cfg.client_id.clone(), &cfg.broker, cfg.keepalive, false);
         opts.set_manual_acks(true)
             .set_max_packet_size(MAX_PACKET_IN, mqtt::MAX_PACKET_OUT);
+        let tls = cfg.auth.apply(&mut opts, &cfg.broker);
         let (client, mut el) = mqtt::client(opts, cfg.keepalive);
         comp.set_idle(true);
-        let connected = tokio::select! {
-            r = mqtt::connect(&mut el, cfg.keepalive) => r,
-            _ = cancel.cancelled() => return Ok(()),
+        let connected = match tls {
+            Err(e) => Err(format!("cannot set up TLS: {e}")),
+            Ok(()) => tokio::select! {
+                r = mqtt::connect(&mut el, cfg.keepalive) => r,
+                _ = cancel.cancelled() => return Ok(()),
+            },
         };
         comp.progress();
         if first_attempt {

@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 pub use schedule::{Counters, Key, Plan, RoundResult, Schedule};
 pub use socket::{IcmpSocket, Mode, OpenError, Sockets};
 
-use crate::protocol::{self, Target};
+use crate::guard::Guard;
+use crate::protocol::Target;
 
 impl std::os::fd::AsRawFd for IcmpSocket {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
@@ -79,13 +80,14 @@ impl Engine {
         sockets: Sockets,
         plan: Plan,
         sink: Sink,
+        guard: Arc<Guard>,
         stop: CancellationToken,
         tracker: &TaskTracker,
     ) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(EngineStats::default());
         let mode = sockets.mode;
-        let looped = Loop::new(sockets, plan, tx.clone(), stats.clone())?;
+        let looped = Loop::new(sockets, plan, guard, tx.clone(), stats.clone())?;
         tracker.spawn(looped.run(rx, sink, stop, false));
         Ok(Engine { tx, stats, mode })
     }
@@ -104,11 +106,12 @@ impl Engine {
 pub async fn once(
     sockets: Sockets,
     plan: Plan,
+    guard: Arc<Guard>,
     targets: Vec<Target>,
 ) -> std::io::Result<Vec<RoundResult>> {
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(EngineStats::default());
-    let looped = Loop::new(sockets, plan, tx.clone(), stats)?;
+    let looped = Loop::new(sockets, plan, guard, tx.clone(), stats)?;
     let _ = tx.send(Command::Targets(targets));
     let results = Arc::new(std::sync::Mutex::new(Vec::new()));
     let collected = results.clone();
@@ -126,16 +129,15 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Resolves a target name (IPv4 and IPv6; the first usable answer wins, in
-/// the system's preference order).
-async fn resolve(target: &Target) -> Result<IpAddr, String> {
-    let mut addrs = tokio::net::lookup_host((target.as_str(), 0))
+/// Resolves a target name (IPv4 and IPv6; the first answer the agent's
+/// rules permit wins, in the system's preference order).
+async fn resolve(target: &Target, guard: &Guard) -> Result<IpAddr, String> {
+    let addrs: Vec<IpAddr> = tokio::net::lookup_host((target.as_str(), 0))
         .await
-        .map_err(|e| format!("cannot resolve {target}: {e}"))?;
-    addrs
-        .find(|a| !protocol::forbidden_address(a.ip()))
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
         .map(|a| a.ip())
-        .ok_or_else(|| format!("{target} resolves to no usable address"))
+        .collect();
+    guard.pick(target.as_str(), &addrs)
 }
 
 struct Loop {
@@ -146,6 +148,8 @@ struct Loop {
     ident: u16,
     mode: Mode,
     plan: Plan,
+    /// What may be pinged: names resolving elsewhere are refused.
+    guard: Arc<Guard>,
     tx: mpsc::UnboundedSender<Command>,
     stats: Arc<EngineStats>,
     lookups: TaskTracker,
@@ -159,6 +163,7 @@ struct LoopIo<'a> {
     sink: &'a mut Sink,
     tx: &'a mpsc::UnboundedSender<Command>,
     lookups: &'a TaskTracker,
+    guard: &'a Arc<Guard>,
 }
 
 impl schedule::Io for LoopIo<'_> {
@@ -175,8 +180,9 @@ impl schedule::Io for LoopIo<'_> {
     fn resolve(&mut self, target: &Target, key: Key) {
         let target = target.clone();
         let tx = self.tx.clone();
+        let guard = self.guard.clone();
         self.lookups.spawn(async move {
-            let r = resolve(&target).await;
+            let r = resolve(&target, &guard).await;
             let _ = tx.send(Command::Resolved(key, r));
         });
     }
@@ -190,6 +196,7 @@ impl Loop {
     fn new(
         sockets: Sockets,
         plan: Plan,
+        guard: Arc<Guard>,
         tx: mpsc::UnboundedSender<Command>,
         stats: Arc<EngineStats>,
     ) -> std::io::Result<Loop> {
@@ -200,6 +207,7 @@ impl Loop {
             ident: rand::random(),
             mode,
             plan,
+            guard,
             tx,
             stats,
             lookups: TaskTracker::new(),
@@ -227,6 +235,7 @@ impl Loop {
                 sink: &mut sink,
                 tx: &self.tx,
                 lookups: &self.lookups,
+                guard: &self.guard,
             };
             let wake = sched.run_due(now, unix_ms(SystemTime::now()), &mut io);
             self.stats.update(&sched.counters, sched.interval());

@@ -13,6 +13,8 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     /// Configuration lines replacing the test defaults (see `start_with`).
     conf: Option<String>,
+    /// A whole configuration file (see `start_with_conf`).
+    full_conf: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -42,10 +44,31 @@ impl Mosquitto {
                     child: Some(child),
                     dir,
                     conf,
+                    full_conf: None,
                 };
             }
         }
         panic!("mosquitto did not start (is it installed? apt-get install mosquitto)");
+    }
+
+    /// Starts a broker with the configuration `conf(port)` returns (for
+    /// the shipped drop-in); returns once it listens.
+    pub async fn start_with_conf(conf: impl Fn(u16) -> String) -> Mosquitto {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let text = conf(port);
+            if let Some(child) = spawn_conf(&dir, &text).await {
+                return Mosquitto {
+                    port,
+                    child: Some(child),
+                    dir,
+                    conf: None,
+                    full_conf: Some(text),
+                };
+            }
+        }
+        panic!("mosquitto did not start with the given configuration");
     }
 
     /// `host:port` as the daemons take it.
@@ -78,7 +101,11 @@ impl Mosquitto {
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
         for _ in 0..50 {
-            if let Some(c) = spawn(self.port, &self.dir, self.conf.as_deref()).await {
+            let spawned = match &self.full_conf {
+                Some(text) => spawn_conf(&self.dir, text).await,
+                None => spawn(self.port, &self.dir, self.conf.as_deref()).await,
+            };
+            if let Some(c) = spawned {
                 self.child = Some(c);
                 return;
             }
@@ -101,15 +128,20 @@ pub fn signal(pid: i32, sig: &str) {
 
 /// Spawns mosquitto and waits for its "running" line (or its exit).
 async fn spawn(port: u16, dir: &tempfile::TempDir, extra: Option<&str>) -> Option<Child> {
-    let conf = dir.path().join("mosquitto.conf");
     let tuning = extra.unwrap_or("max_queued_messages 10000\npersistence false\n");
-    std::fs::write(
-        &conf,
-        format!(
+    spawn_conf(
+        dir,
+        &format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{tuning}"
         ),
     )
-    .expect("write conf");
+    .await
+}
+
+/// Spawns mosquitto with `text` as its configuration file.
+async fn spawn_conf(dir: &tempfile::TempDir, text: &str) -> Option<Child> {
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf, text).expect("write conf");
     let mut child = Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
