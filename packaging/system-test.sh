@@ -337,11 +337,13 @@ n=$(echo "$j" | grep -c '"_TRANSPORT":"journal"')
 echo "$j" | grep '"_TRANSPORT":"journal"' | grep -q '"SYSLOG_IDENTIFIER":"swarming-agent"' &&
 	ok "SYSLOG_IDENTIFIER=swarming-agent" ||
 	fail "native entries with SYSLOG_IDENTIFIER=swarming-agent" "$(echo "$j" | grep -o '"SYSLOG_IDENTIFIER":"[^"]*"' | sort | uniq -c | tr '\n' ' ')"
-# TARGET may hold two values (journal fields can repeat): tracing-journald's
-# own TARGET (the Rust module) and ours (the ping target); JSON shows an array.
-f=$(echo "$j" | grep -o '"TARGET":\(\["[^]]*\]\|"[^"]*"\)' | grep '127\.0\.0\.[12]' | sort -u | head -n 2 | tr '\n' ' ')
-[ -n "$f" ] && ok "structured field TARGET naming a ping target: $f" ||
-	fail "a TARGET field with 127.0.0.1 or 127.0.0.2" "$(echo "$j" | grep -o '"TARGET":\(\["[^]]*\]\|"[^"]*"\)' | sort -u | head -n 5 | tr '\n' ' ')"
+# The ping target is PING_TARGET; TARGET is tracing-journald's own field (the
+# Rust module) and must hold one value, never an array.
+f=$(echo "$j" | grep -o '"PING_TARGET":"[^"]*"' | grep '127\.0\.0\.[12]' | sort -u | head -n 2 | tr '\n' ' ')
+[ -n "$f" ] && ok "structured field PING_TARGET naming a ping target: $f" ||
+	fail "a PING_TARGET field with 127.0.0.1 or 127.0.0.2" "$(echo "$j" | grep -o '"[A-Z_]*TARGET":[^,]*' | sort -u | head -n 5 | tr '\n' ' ')"
+f=$(echo "$j" | grep -o '"TARGET":\[[^]]*\]' | sort -u | head -n 2 | tr '\n' ' ')
+[ -z "$f" ] && ok "TARGET holds one value (the Rust module)" || fail "TARGET with one value" "arrays: $f"
 f=$(echo "$j" | grep -o '"\(BROKER\|AGENT\)":"[^"]*"' | sort -u | head -n 4 | tr '\n' ' ')
 [ -n "$f" ] && ok "structured fields: $f" || fail "BROKER or AGENT fields" "none (fields seen: $(echo "$j" | head -n 3 | grep -o '"[A-Z_]*":' | sort -u | tr -d '\n'))"
 st=$(prop swarming-agent StatusText)

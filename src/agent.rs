@@ -90,7 +90,7 @@ impl Scheduler {
         self.running.retain(|t, token| {
             let keep = wanted.contains(t);
             if !keep {
-                tracing::info!(target = %t, "target removed");
+                tracing::info!(ping_target = %t, "target removed");
                 token.cancel();
             }
             keep
@@ -100,7 +100,7 @@ impl Scheduler {
             if self.running.contains_key(&t) {
                 continue;
             }
-            tracing::info!(target = %t, "target added");
+            tracing::info!(ping_target = %t, "target added");
             let token = self.stop.child_token();
             self.running.insert(t.clone(), token.clone());
             let shared = self.shared.clone();
@@ -195,7 +195,7 @@ async fn run_target(shared: Arc<Shared>, target: Target, stop: CancellationToken
                     (Some(addr), o)
                 }
                 Err(e) => {
-                    tracing::debug!(target = %target, error = %e, "resolution failed");
+                    tracing::debug!(ping_target = %target, error = %e, "resolution failed");
                     (
                         None,
                         crate::ping::RoundOutcome {
@@ -229,7 +229,7 @@ async fn run_target(shared: Arc<Shared>, target: Target, stop: CancellationToken
             r = round => r,
             _ = stop.cancelled() => return,
         };
-        tracing::debug!(target = %target, sent = result.sent, received = result.received, "round done");
+        tracing::debug!(ping_target = %target, sent = result.sent, received = result.received, "round done");
         shared.stats.rounds.fetch_add(1, Ordering::Relaxed);
         shared
             .stats
@@ -245,7 +245,7 @@ async fn run_target(shared: Arc<Shared>, target: Target, stop: CancellationToken
                 topic: topic.clone(),
                 payload,
             }),
-            Err(e) => tracing::error!(target = %target, error = %e, "cannot serialize result"),
+            Err(e) => tracing::error!(ping_target = %target, error = %e, "cannot serialize result"),
         }
     }
 }
@@ -257,7 +257,7 @@ pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStat
         Ok(parsed) => {
             for (text, why) in &parsed.rejected {
                 stats.targets_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target = %text.escape_debug(), reason = %why, "target rejected, never pinged");
+                tracing::warn!(ping_target = %text.escape_debug(), reason = %why, "target rejected, never pinged");
             }
             tracing::info!(
                 version = parsed.version.as_deref().unwrap_or(""),
@@ -514,6 +514,7 @@ impl Agent {
 
 impl crate::daemon::DaemonSettings for AgentSettings {
     const IDENT: &'static str = "swarming-agent";
+    const ABOUT: &'static str = "ICMP ping agent: pings the targets listed on the watch topic and publishes the results over MQTT";
     const DEFAULT_PATH: &'static str = crate::config::AGENT_CONFIG_PATH;
 
     fn load(file: &std::path::Path, missing_ok: bool) -> Result<Self, crate::config::ConfigError> {

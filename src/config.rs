@@ -184,23 +184,109 @@ impl Default for LogConfig {
     }
 }
 
+/// Largest configuration file read, in bytes: a target list at the `watch`
+/// limit fits several times over.
+pub const MAX_CONFIG_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Reads a configuration file: a regular file (a FIFO or `/dev/zero` would
+/// block or never end) of at most [`MAX_CONFIG_BYTES`]. `Ok(None)` when it
+/// does not exist.
+pub fn read_config_file(file: &Path) -> Result<Option<String>, ConfigError> {
+    use std::io::Read;
+    let err = |source: std::io::Error| ConfigError::Read {
+        file: file.to_owned(),
+        source,
+    };
+    let not_regular = || {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    };
+    // Checked before opening: opening a FIFO for reading blocks until a
+    // writer appears.
+    match std::fs::metadata(file) {
+        Ok(m) if !m.is_file() => return Err(not_regular()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    }
+    let f = std::fs::File::open(file).map_err(err)?;
+    // Checked again on what was opened (the path may have changed since).
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes, over the {MAX_CONFIG_BYTES}-byte limit",
+                meta.len()
+            ),
+        )));
+    }
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(err)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("grew over the {MAX_CONFIG_BYTES}-byte limit while read"),
+        )));
+    }
+    Ok(Some(text))
+}
+
 /// Reads and deserializes a YAML file strictly. A missing file at the
 /// default path yields the defaults (`missing_ok`).
 fn read_yaml<T: DeserializeOwned + Default>(
     file: &Path,
     missing_ok: bool,
 ) -> Result<T, ConfigError> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
-        Err(source) => {
-            return Err(ConfigError::Read {
-                file: file.to_owned(),
-                source,
-            })
-        }
+    match read_config_file(file)? {
+        Some(text) => parse_yaml(file, &text),
+        None if missing_ok => Ok(T::default()),
+        None => Err(ConfigError::Read {
+            file: file.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+        }),
+    }
+}
+
+/// Log levels accepted in `log.level`, alone or as `module=level`.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks `log.level`: a level, or comma-separated `level` / `module=level`
+/// directives. A typo (`eror`) would otherwise read as a module name and
+/// silence every log line, warnings included.
+fn check_log_level(file: &Path, level: &str) -> Result<(), ConfigError> {
+    let bad = |d: &str| {
+        ConfigError::invalid(
+            file,
+            "log.level",
+            format!(
+                "{d:?} is not a level; write one of {} (or module=level, comma-separated)",
+                LOG_LEVELS.join(", ")
+            ),
+        )
     };
-    parse_yaml(file, &text)
+    if level.trim().is_empty() {
+        return Err(bad(level));
+    }
+    for directive in level.split(',') {
+        let directive = directive.trim();
+        let lvl = match directive.rsplit_once('=') {
+            Some((module, lvl)) if !module.trim().is_empty() => lvl,
+            Some(_) => return Err(bad(directive)),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&lvl.trim().to_ascii_lowercase().as_str()) {
+            return Err(bad(directive));
+        }
+    }
+    Ok(())
 }
 
 /// Deserializes YAML text; the error names the key path.
@@ -470,6 +556,7 @@ impl AgentSettings {
                 "must be at least 1",
             ));
         }
+        check_log_level(file, &raw.log.level)?;
         Ok(AgentSettings {
             file: file.to_owned(),
             name,
@@ -704,6 +791,14 @@ impl IndexerSettings {
                 })
             })
             .transpose()?;
+        if elasticsearch.is_none() && file_output.is_none() {
+            return Err(ConfigError::invalid(
+                file,
+                "elasticsearch",
+                "no output: set elasticsearch (or file) or results are received and dropped",
+            ));
+        }
+        check_log_level(file, &raw.log.level)?;
         if raw.spool_max_bytes < 1024 * 1024 {
             return Err(ConfigError::invalid(
                 file,
@@ -951,5 +1046,61 @@ mod tests {
             }
         )
         .contains("secret"));
+    }
+
+    #[test]
+    fn log_level_typos_are_errors() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "debug,rumqttc=info",
+            "swarming::agent=trace",
+        ] {
+            agent(&format!("log: {{level: \"{ok}\"}}\n")).unwrap();
+        }
+        for bad in ["eror", "", "info,=debug", "rumqttc=loud", "info,"] {
+            let e = agent(&format!("log: {{level: \"{bad}\"}}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(": log.level: "), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_indexer_without_output_is_a_config_error() {
+        let f = Path::new("/etc/swarming/indexer.yaml");
+        let e = IndexerSettings::from_str(f, "brokers: [a]\ntargets: [x]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/swarming/indexer.yaml: elasticsearch: no output"),
+            "{e}"
+        );
+        IndexerSettings::from_str(f, "file: {path: /tmp/x.ndjson}\n").unwrap();
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // A FIFO would block the open, /dev/zero would never end.
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for p in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+            let e = AgentSettings::load(p, false).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{}: {e}", p.display());
+        }
+        let big = dir.path().join("big.yaml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let e = AgentSettings::load(&big, false).unwrap_err().to_string();
+        assert!(e.contains("limit"), "{e}");
+        assert!(read_config_file(&dir.path().join("absent"))
+            .unwrap()
+            .is_none());
     }
 }

@@ -915,6 +915,7 @@ fn open_file(f: &FileSettings) -> anyhow::Result<FileOutput> {
 
 impl crate::daemon::DaemonSettings for IndexerSettings {
     const IDENT: &'static str = "swarming-indexer";
+    const ABOUT: &'static str = "Collects ping results from every MQTT broker, publishes the target list, stores the results in Elasticsearch";
     const DEFAULT_PATH: &'static str = crate::config::INDEXER_CONFIG_PATH;
 
     fn load(file: &std::path::Path, missing_ok: bool) -> Result<Self, crate::config::ConfigError> {
