@@ -598,6 +598,8 @@ pub struct RawIndexerConfig {
     pub state_dir: PathBuf,
     /// Spool size budget; the oldest results are dropped past it.
     pub spool_max_bytes: u64,
+    /// The operator's HTTP endpoint: page, `/api/state`, `/metrics`.
+    pub http: RawHttp,
     pub log: LogConfig,
 }
 
@@ -612,9 +614,50 @@ impl Default for RawIndexerConfig {
             file: None,
             state_dir: PathBuf::from("/var/lib/swarming"),
             spool_max_bytes: 1024 * 1024 * 1024,
+            http: RawHttp::default(),
             log: LogConfig::default(),
         }
     }
+}
+
+/// Default address of the indexer's HTTP endpoint. Port 7883: outside
+/// 9100-9999, the range the Prometheus wiki's "default port allocations"
+/// has given out to exporters (all of it), and not in /etc/services.
+pub const INDEXER_HTTP_LISTEN: &str = "127.0.0.1:7883";
+
+/// `http:` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    /// `address:port` (an IP literal, no name), or `off`.
+    pub listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: INDEXER_HTTP_LISTEN.into(),
+        }
+    }
+}
+
+/// Parses `http.listen`: an IP literal with a port, or `off` (`None`).
+pub fn parse_listen(
+    file: &Path,
+    key: &str,
+    raw: &str,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let raw = raw.trim();
+    if raw == "off" {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        ConfigError::invalid(
+            file,
+            key,
+            format!("{raw:?}: write an address and a port, e.g. {INDEXER_HTTP_LISTEN} or [::1]:7883, or off"),
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -726,6 +769,8 @@ pub struct IndexerSettings {
     pub file_output: Option<FileSettings>,
     pub state_dir: PathBuf,
     pub spool_max_bytes: u64,
+    /// Where the HTTP endpoint listens; `None`: off.
+    pub http: Option<std::net::SocketAddr>,
     pub log: LogConfig,
 }
 
@@ -823,6 +868,7 @@ impl IndexerSettings {
             file_output,
             state_dir: raw.state_dir,
             spool_max_bytes: raw.spool_max_bytes,
+            http: parse_listen(file, "http.listen", &raw.http.listen)?,
             log: raw.log,
         })
     }
@@ -1078,6 +1124,26 @@ mod tests {
             "{e}"
         );
         IndexerSettings::from_str(f, "file: {path: /tmp/x.ndjson}\n").unwrap();
+    }
+
+    #[test]
+    fn http_listens_on_loopback_unless_told_otherwise() {
+        let f = Path::new("/etc/swarming/indexer.yaml");
+        let out = "file: {path: /tmp/x.ndjson}\n";
+        let s = IndexerSettings::from_str(f, out).unwrap();
+        assert_eq!(s.http, Some(INDEXER_HTTP_LISTEN.parse().unwrap()));
+        assert!(s.http.unwrap().ip().is_loopback());
+        let s = IndexerSettings::from_str(f, &format!("{out}http: {{listen: off}}\n")).unwrap();
+        assert_eq!(s.http, None);
+        let s =
+            IndexerSettings::from_str(f, &format!("{out}http: {{listen: \"[::1]:9\"}}\n")).unwrap();
+        assert_eq!(s.http, Some("[::1]:9".parse().unwrap()));
+        for bad in ["localhost:7883", "127.0.0.1", ""] {
+            let e = IndexerSettings::from_str(f, &format!("{out}http: {{listen: \"{bad}\"}}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(": http.listen: "), "{e}");
+        }
     }
 
     #[test]

@@ -144,6 +144,7 @@ struct Intake {
     heartbeat: Arc<AtomicU64>,
     /// Sessions that made their first connection attempt.
     tried: watch::Sender<usize>,
+    swarm: Arc<crate::swarm_state::SwarmState>, // http: hook
 }
 
 impl Intake {
@@ -190,6 +191,7 @@ impl Intake {
                         }
                         seen.last_result = Some(now);
                         seen.interval = r.interval;
+                        self.swarm.record_result(&r, broker, now); // http: hook
                         Some(doc)
                     }
                     Err(e) => {
@@ -211,6 +213,7 @@ impl Intake {
                         .entry(rip.agent.clone())
                         .or_insert_with(AgentSeen::unseen);
                     seen.last_rip = Some((rip.reason, now));
+                    self.swarm.record_rip(&rip.agent, rip.reason, now); // http: hook
                     Some(BulkDoc::from_rip(&rip, now))
                 }
                 Err(e) => {
@@ -297,6 +300,7 @@ async fn broker_session(
         }
         backoff.reset();
         intake.stats.brokers_up.fetch_add(1, Ordering::Relaxed);
+        intake.swarm.broker_connected(&broker, true); // http: hook
         tracing::info!(broker = %broker, "connected to broker");
         let (mut events, poller) = mqtt::spawn_poller(el);
         // Subscriptions are restored by nobody but us; the persistent
@@ -343,6 +347,7 @@ async fn broker_session(
             }
         };
         intake.stats.brokers_up.fetch_sub(1, Ordering::Relaxed);
+        intake.swarm.broker_connected(&broker, false); // http: hook
         match end {
             Some(reason) => {
                 poller.abort();
@@ -630,6 +635,7 @@ pub struct Indexer {
     spool: Option<SharedSpool>,
     pub view: IndexerView,
     started: Instant,
+    pub http: Option<crate::http::Endpoint>, // http: hook
 }
 
 impl Indexer {
@@ -657,6 +663,7 @@ impl Indexer {
                 "no output configured (elasticsearch or file): results are received and dropped"
             );
         }
+        let swarm = Arc::new(crate::swarm_state::SwarmState::new()); // http: hook
         let (tx, rx) = mpsc::channel(WRITE_BATCH * 4);
         let writer = tokio::spawn(run_writer(
             rx,
@@ -675,6 +682,7 @@ impl Indexer {
             bad_log: Throttled::new(Duration::from_secs(10)),
             heartbeat: heartbeat.clone(),
             tried: watch::channel(0).0,
+            swarm: swarm.clone(), // http: hook
         });
         let (watch_tx, _) = watch::channel(Arc::new(watch_payload(&settings.targets)));
         let (es_state, es_rx) = watch::channel(EsState::Disabled);
@@ -695,7 +703,17 @@ impl Indexer {
             es_state,
             spool,
             started: Instant::now(),
+            http: None, // http: hook
         };
+        indexer.http = Some(
+            crate::http::Endpoint::start(
+                swarm,
+                &indexer.settings,
+                &indexer.view,
+                indexer.spool.clone(),
+            )
+            .await,
+        ); // http: hook
         indexer.start_es()?;
         for b in indexer.settings.brokers.clone() {
             indexer.open_session(b);
@@ -829,6 +847,12 @@ impl Indexer {
         if new.log != old.log {
             changed.push("log");
         }
+        if new.http != old.http {
+            changed.push("http");
+        }
+        if let Some(http) = &mut self.http {
+            http.reload(&new).await; // http: hook
+        }
         self.settings = new;
         changed
     }
@@ -837,6 +861,9 @@ impl Indexer {
     /// Elasticsearch [`DRAIN_TIMEOUT`] to take the spool; the rest stays on
     /// disk for the next start.
     pub async fn shutdown(mut self) {
+        if let Some(http) = self.http.take() {
+            http.stop().await; // http: hook
+        }
         for (_, cancel) in self.sessions.drain() {
             cancel.cancel();
         }
