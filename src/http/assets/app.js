@@ -59,11 +59,14 @@ function render(st) {
     `${alive}/${agents.length} agents alive · ${st.targets.length} targets · brokers ${up}/${st.brokers.length} · ` +
     `elasticsearch ${st.indexer.elasticsearch} · updated ${new Date(st.now * 1000).toLocaleTimeString()}`;
 
+  // Brokers are numbered in the configured order: #1, #2... The matrix
+  // shows each agent's broker by number, so a failover is one digit changing.
+  const brokerNo = new Map(st.brokers.map((b, i) => [b.broker, "#" + (i + 1)]));
   const brokers = document.getElementById("brokers");
   brokers.replaceChildren(...st.brokers.map(b => {
     const on = agents.filter(a => a.alive && a.broker === b.broker).length;
     return el("span", { class: "broker " + (b.connected ? "up" : "down"), "data-broker": b.broker },
-      `${b.broker}: ${b.connected ? "connected" : "down"}, ${on} agent${on === 1 ? "" : "s"}`);
+      `${brokerNo.get(b.broker)} ${b.broker}: ${b.connected ? "connected" : "down"}, ${on} agent${on === 1 ? "" : "s"}`);
   }));
 
   const cells = new Map(st.cells.map(c => [c.target + "\u0000" + c.agent, c]));
@@ -75,17 +78,20 @@ function render(st) {
     else groups.push({ name: p, n: 1 });
   }
   const head1 = el("tr", {}, el("th", {}));
-  for (const g of groups) head1.append(el("th", { class: "provider", colspan: g.n }, g.name));
+  for (const g of groups) head1.append(el("th", { class: "provider", colspan: g.n, title: g.name }, g.name));
   head1.append(el("th", {}));
   const head2 = el("tr", {}, el("th", {}, "target \\ agent"));
+  const head3 = el("tr", {}, el("th", { class: "target" }, "broker"));
   for (const a of agents) {
-    const th = el("th", { class: "agent" + (a.alive ? "" : " dead"), "data-agent": a.name,
-      title: `${a.name}\nbroker ${a.broker || "–"}\n${a.alive ? "alive" : "not alive" + (a.notice ? " (" + a.notice + ")" : "")}` },
-      a.name + " ", el("span", { class: "broker-of" }, a.broker ? "@" + a.broker : ""));
-    head2.append(th);
+    const title = `${a.name}\nbroker ${a.broker || "–"}\n` +
+      (a.alive ? "alive" : "not alive" + (a.notice ? " (" + a.notice + ")" : ""));
+    head2.append(el("th", { class: "agent" + (a.alive ? "" : " dead"), "data-agent": a.name, title: title }, a.name));
+    head3.append(el("th", { class: "broker-of", "data-agent": a.name, "data-broker": a.broker || "", title: title },
+      a.broker ? (brokerNo.get(a.broker) || a.broker) : "–"));
   }
   head2.append(el("th", {}, "history"));
-  const rows = [head1, head2];
+  head3.append(el("th", {}));
+  const rows = [head1, head2, head3];
   for (const t of st.targets) {
     const tr = el("tr", { "data-target": t }, el("th", { class: "target" }, t));
     for (const a of agents) {
