@@ -194,13 +194,12 @@ async fn the_live_page_shows_the_matrix_and_a_target_going_down() {
         }
     }
     // Columns grouped by provider: both ovh agents side by side.
-    for p in ["ovh", "hetzner"] {
+    for (p, n) in [("ovh", 2), ("hetzner", 1)] {
         assert!(
             dom.contains(&format!(
-                "class=\"provider\" colspan=\"{}\">{p}<",
-                if p == "ovh" { 2 } else { 1 }
+                "class=\"provider\" colspan=\"{n}\" title=\"{p}\">{p}<"
             )),
-            "provider group {p} in the header"
+            "provider group {p} over {n} agents in the header"
         );
     }
     assert!(dom.contains("3/3 agents alive"), "summary line");
