@@ -303,6 +303,7 @@ pub struct Agent {
     link: tokio::task::JoinHandle<()>,
     tracker: TaskTracker,
     pub view: AgentView,
+    http: Option<crate::http::HttpServer>, // http: hook
 }
 
 fn shuffled(brokers: &[crate::config::Broker]) -> Vec<crate::config::Broker> {
@@ -419,6 +420,7 @@ impl Agent {
             link,
             tracker,
             view,
+            http: None, // http: hook
         })
     }
 }
@@ -541,10 +543,12 @@ impl crate::daemon::Service for Agent {
             return Err(StartError::NoPermission(crate::daemon::NET_RAW_HELP.into()));
         }
         let keepalive = settings.keepalive;
+        let http = settings.http; // http: hook
         match Agent::start(settings) {
-            Ok(a) => {
-                // Ready once the first broker was tried (not necessarily
-                // reached): a missing broker must not hold the boot.
+            Ok(mut a) => {
+                a.http = crate::http::agent::start(http, a.view.clone()).await; // http: hook
+                                                                                // Ready once the first broker was tried (not necessarily
+                                                                                // reached): a missing broker must not hold the boot.
                 let mut attempts = a.view.attempts.clone();
                 let _ = tokio::time::timeout(
                     keepalive + Duration::from_secs(2),
@@ -581,6 +585,8 @@ impl crate::daemon::Service for Agent {
     }
 
     async fn reload(&mut self, new: AgentSettings) -> Vec<&'static str> {
+        let (before, view) = (self.settings.http, self.view.clone()); // http: hook
+        self.http = crate::http::agent::reload(self.http.take(), before, new.http, view).await; // http: hook
         Agent::reload(self, new)
     }
 
@@ -588,7 +594,10 @@ impl crate::daemon::Service for Agent {
         self.view.heartbeat.clone()
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(mut self) {
+        if let Some(http) = self.http.take() {
+            http.stop().await; // http: hook
+        }
         Agent::shutdown(self).await
     }
 }

@@ -401,7 +401,25 @@ pub struct RawAgentConfig {
     pub keepalive: Dur,
     pub ping: RawPingConfig,
     pub limits: RawLimits,
+    /// Optional `/metrics` endpoint; absent: off.
+    pub http: Option<RawAgentHttp>,
     pub log: LogConfig,
+}
+
+/// The agent's `http:` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAgentHttp {
+    /// `address:port` (an IP literal), or `off`.
+    pub listen: String,
+}
+
+impl Default for RawAgentHttp {
+    fn default() -> Self {
+        RawAgentHttp {
+            listen: crate::http::agent::AGENT_HTTP_LISTEN.into(),
+        }
+    }
 }
 
 impl Default for RawAgentConfig {
@@ -413,6 +431,7 @@ impl Default for RawAgentConfig {
             keepalive: Dur(Duration::from_secs(15)),
             ping: RawPingConfig::default(),
             limits: RawLimits::default(),
+            http: None,
             log: LogConfig::default(),
         }
     }
@@ -489,6 +508,8 @@ pub struct AgentSettings {
     pub max_targets: usize,
     pub max_rate: f64,
     pub max_queued: usize,
+    /// Where the optional `/metrics` endpoint listens; `None`: off.
+    pub http: Option<std::net::SocketAddr>,
     pub log: LogConfig,
 }
 
@@ -571,6 +592,10 @@ impl AgentSettings {
             max_targets: raw.limits.max_targets,
             max_rate: raw.limits.max_rate,
             max_queued: raw.limits.max_queued,
+            http: match raw.http {
+                Some(h) => parse_listen(file, "http.listen", &h.listen)?,
+                None => None,
+            },
             log: raw.log,
         })
     }

@@ -106,3 +106,65 @@ async fn the_endpoint_moves_on_reload_and_survives_garbage() {
     idx.signal("TERM");
     assert_eq!(idx.wait(15 * SEC).await.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_metrics_only_when_asked() {
+    const AGENT: &str = env!("CARGO_BIN_EXE_swarming-agent");
+    let broker = Mosquitto::start().await;
+    common::mqtt::publish(broker.port, "watch", br#"{"targets": ["127.0.0.1"]}"#, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    let yaml = |http: &str| {
+        format!(
+            "name: probe-m\nbrokers: [\"{}\"]\nkeepalive: 1s\nping: {{interval: 1s, count: 1, timeout: 300ms}}\n{http}",
+            broker.addr()
+        )
+    };
+    std::fs::write(&cfg, yaml("")).unwrap();
+    let mut agent = Daemon::spawn(
+        AGENT,
+        &["--log", "stderr", "-c", cfg.to_str().unwrap()],
+        &[],
+    );
+    agent.wait_log(&["ready"], 10 * SEC).await;
+    assert!(
+        !agent.log.iter().any(|l| l.contains("http endpoint")),
+        "off unless configured"
+    );
+    let port = free_port();
+    std::fs::write(
+        &cfg,
+        yaml(&format!("http: {{listen: \"127.0.0.1:{port}\"}}\n")),
+    )
+    .unwrap();
+    agent.signal("HUP");
+    agent
+        .wait_log(
+            &[&format!("metrics on http://127.0.0.1:{port}/metrics")],
+            10 * SEC,
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    let m = loop {
+        let m = get(port, "/metrics").unwrap();
+        if !m.contains("swarming_agent_rounds_total 0") || tokio::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        m.contains(&format!(
+            "swarming_agent_broker_connected{{broker=\"{}\"}} 1",
+            broker.addr()
+        )),
+        "{m}"
+    );
+    assert!(m.contains("swarming_agent_targets 1"), "{m}");
+    assert!(
+        !m.contains("swarming_agent_rounds_total 0"),
+        "rounds counted: {m}"
+    );
+    agent.signal("TERM");
+    assert_eq!(agent.wait(15 * SEC).await.code(), Some(0));
+    assert!(get(port, "/metrics").is_err(), "closed at exit");
+}

@@ -3,6 +3,7 @@
 //! same as JSON, `/metrics` for Prometheus. Read-only; the page and its
 //! script are compiled into the binary.
 
+pub mod agent;
 mod metrics;
 mod routes;
 
@@ -80,39 +81,51 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `listen` and serves until [`HttpServer::stop`]. A bind error
-    /// (address in use, not a local address) is returned.
+    /// Binds `listen` and serves the indexer's routes until
+    /// [`HttpServer::stop`]. A bind error (address in use, not a local
+    /// address) is returned.
     pub async fn start(listen: SocketAddr, sources: Sources) -> std::io::Result<HttpServer> {
+        let app = routes::router(sources.clone());
+        let sampler = async move {
+            let mut tick = tokio::time::interval(SAMPLE_PERIOD);
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                sources.sample();
+                n = n.wrapping_add(1);
+                if n % 60 == 0 {
+                    sources.swarm.prune(SystemTime::now());
+                }
+            }
+        };
+        let server = Self::serve(listen, app, sampler).await?;
+        let addr = server.addr;
+        tracing::info!(listen = %addr, "http endpoint: page on http://{addr}/, metrics on /metrics");
+        Ok(server)
+    }
+
+    /// Serves `app` on `listen`, with `background` running beside it in the
+    /// same task (it ends with the server).
+    pub async fn serve(
+        listen: SocketAddr,
+        app: axum::Router,
+        background: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<HttpServer> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
-        let app = routes::router(sources.clone());
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-            let sampler = async {
-                let mut tick = tokio::time::interval(SAMPLE_PERIOD);
-                let mut n: u64 = 0;
-                loop {
-                    tick.tick().await;
-                    sources.sample();
-                    n = n.wrapping_add(1);
-                    if n % 60 == 0 {
-                        sources.swarm.prune(SystemTime::now());
-                    }
-                }
-            };
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             tokio::select! {
                 r = serve => {
                     if let Err(e) = r {
                         tracing::error!(listen = %addr, error = %e, "http endpoint failed");
                     }
                 }
-                _ = sampler => {}
+                _ = background => {}
             }
         });
-        tracing::info!(listen = %addr, "http endpoint: page on http://{addr}/, metrics on /metrics");
         Ok(HttpServer { addr, cancel, task })
     }
 
@@ -154,12 +167,16 @@ pub async fn start_logged(listen: Option<SocketAddr>, sources: Sources) -> Optio
 /// Applies a reload: restarts the endpoint when the address changed or it
 /// is not running; the new one is bound before the old one stops (a bad
 /// address keeps the old endpoint).
-pub async fn reload(
+pub async fn reload_with<F, Fut>(
     current: Option<HttpServer>,
     configured_before: Option<SocketAddr>,
     listen: Option<SocketAddr>,
-    sources: Sources,
-) -> Option<HttpServer> {
+    start: F,
+) -> Option<HttpServer>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<HttpServer>>,
+{
     let running = current.as_ref().is_some_and(HttpServer::is_running);
     if running && listen == configured_before {
         return current;
@@ -181,7 +198,7 @@ pub async fn reload(
     } else {
         current
     };
-    match HttpServer::start(addr, sources).await {
+    match start(addr).await {
         Ok(new) => {
             if let Some(old) = current {
                 old.stop().await;
@@ -226,7 +243,11 @@ impl Endpoint {
     pub async fn reload(&mut self, settings: &crate::config::IndexerSettings) {
         configure(&self.sources.swarm, settings);
         let current = self.server.take();
-        self.server = reload(current, self.listen, settings.http, self.sources.clone()).await;
+        let sources = &self.sources;
+        self.server = reload_with(current, self.listen, settings.http, |a| {
+            HttpServer::start(a, sources.clone())
+        })
+        .await;
         self.listen = settings.http;
     }
 
