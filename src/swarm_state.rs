@@ -114,6 +114,8 @@ struct Inner {
     targets: Vec<Target>,
     list_version: Option<String>,
     brokers: BTreeMap<Broker, BrokerState>,
+    /// The configured order, in which brokers are listed (and numbered).
+    broker_order: Vec<Broker>,
     dropped: u64,
 }
 
@@ -219,6 +221,7 @@ impl SwarmState {
         for b in brokers {
             s.brokers.entry(b.clone()).or_default();
         }
+        s.broker_order = brokers.to_vec();
     }
 
     /// A broker session connected or lost its connection.
@@ -393,8 +396,14 @@ impl SwarmState {
                 .map(|(t, h)| (t.clone(), h.iter().cloned().collect()))
                 .collect(),
             brokers: s
-                .brokers
+                .broker_order
                 .iter()
+                .filter_map(|b| s.brokers.get_key_value(b))
+                .chain(
+                    s.brokers
+                        .iter()
+                        .filter(|(b, _)| !s.broker_order.contains(b)),
+                )
                 .map(|(b, st)| BrokerView {
                     broker: b.to_string(),
                     connected: st.connected,
@@ -436,7 +445,15 @@ mod tests {
     #[test]
     fn the_latest_round_wins_and_redeliveries_change_nothing() {
         let s = SwarmState::new();
-        s.set_brokers(&[broker(1), broker(2)]);
+        // Listed in the configured order, not sorted.
+        s.set_brokers(&[broker(3), broker(1), broker(2)]);
+        let order: Vec<String> = s
+            .snapshot(SystemTime::UNIX_EPOCH)
+            .brokers
+            .into_iter()
+            .map(|b| b.broker)
+            .collect();
+        assert_eq!(order, ["127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:2"]);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         s.record_result(
             &result("a", "x", "2026-01-01T00:00:10Z", 4, 4),
@@ -461,7 +478,7 @@ mod tests {
         assert_eq!(snap.history["x"].len(), 2);
         assert_eq!(snap.agents[0].broker.as_deref(), Some("127.0.0.1:1"));
         assert!(snap.agents[0].alive);
-        assert_eq!(snap.brokers[1].results, 1, "counted per broker");
+        assert_eq!(snap.brokers[2].results, 1, "counted per broker");
         s.record_result(
             &result("a", "x", "2026-01-01T00:00:30Z", 4, 0),
             &broker(2),
