@@ -435,6 +435,12 @@ mod tests {
         }
     }
 
+    /// Records `r` = (agent, target, round, sent, received) through the
+    /// broker on `port`.
+    fn feed(s: &SwarmState, r: (&str, &str, &str, u32, u32), port: u16, at: SystemTime) {
+        s.record_result(&result(r.0, r.1, r.2, r.3, r.4), &broker(port), at);
+    }
+
     fn broker(port: u16) -> Broker {
         Broker {
             host: "127.0.0.1".into(),
@@ -455,22 +461,10 @@ mod tests {
             .collect();
         assert_eq!(order, ["127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:2"]);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        s.record_result(
-            &result("a", "x", "2026-01-01T00:00:10Z", 4, 4),
-            &broker(1),
-            t0,
-        );
-        s.record_result(
-            &result("a", "x", "2026-01-01T00:00:20Z", 4, 1),
-            &broker(1),
-            t0,
-        );
+        feed(&s, ("a", "x", "2026-01-01T00:00:10Z", 4, 4), 1, t0);
+        feed(&s, ("a", "x", "2026-01-01T00:00:20Z", 4, 1), 1, t0);
         // The earlier round again, through the other broker.
-        s.record_result(
-            &result("a", "x", "2026-01-01T00:00:10Z", 4, 4),
-            &broker(2),
-            t0,
-        );
+        feed(&s, ("a", "x", "2026-01-01T00:00:10Z", 4, 4), 2, t0);
         let snap = s.snapshot(t0 + Duration::from_secs(1));
         assert_eq!(snap.cells.len(), 1);
         assert_eq!(snap.cells[0].state, CellState::Loss);
@@ -479,11 +473,7 @@ mod tests {
         assert_eq!(snap.agents[0].broker.as_deref(), Some("127.0.0.1:1"));
         assert!(snap.agents[0].alive);
         assert_eq!(snap.brokers[2].results, 1, "counted per broker");
-        s.record_result(
-            &result("a", "x", "2026-01-01T00:00:30Z", 4, 0),
-            &broker(2),
-            t0,
-        );
+        feed(&s, ("a", "x", "2026-01-01T00:00:30Z", 4, 0), 2, t0);
         let snap = s.snapshot(t0 + Duration::from_secs(1));
         assert_eq!(snap.cells[0].state, CellState::Down);
         assert_eq!(snap.agents[0].broker.as_deref(), Some("127.0.0.1:2"));
@@ -497,18 +487,15 @@ mod tests {
     fn a_notice_marks_the_agent_gone_until_its_next_result() {
         let s = SwarmState::new();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        s.record_result(
-            &result("a", "x", "2026-01-01T00:00:10Z", 1, 1),
-            &broker(1),
-            t0,
-        );
+        feed(&s, ("a", "x", "2026-01-01T00:00:10Z", 1, 1), 1, t0);
         s.record_rip("a", RipReason::Shutdown, t0 + Duration::from_secs(1));
         let snap = s.snapshot(t0 + Duration::from_secs(2));
         assert!(!snap.agents[0].alive);
         assert_eq!(snap.agents[0].notice, Some("shutdown"));
-        s.record_result(
-            &result("a", "x", "2026-01-01T00:00:20Z", 1, 1),
-            &broker(1),
+        feed(
+            &s,
+            ("a", "x", "2026-01-01T00:00:20Z", 1, 1),
+            1,
             t0 + Duration::from_secs(3),
         );
         let snap = s.snapshot(t0 + Duration::from_secs(3));
@@ -559,16 +546,8 @@ mod tests {
             &["z".parse().unwrap(), "b".parse().unwrap()],
             Some("v".into()),
         );
-        s.record_result(
-            &result("a", "a-old", "2026-01-01T00:00:10Z", 1, 1),
-            &broker(1),
-            t0,
-        );
-        s.record_result(
-            &result("a", "b", "2026-01-01T00:00:10Z", 1, 1),
-            &broker(1),
-            t0,
-        );
+        feed(&s, ("a", "a-old", "2026-01-01T00:00:10Z", 1, 1), 1, t0);
+        feed(&s, ("a", "b", "2026-01-01T00:00:10Z", 1, 1), 1, t0);
         let snap = s.snapshot(t0);
         assert_eq!(snap.targets, ["z", "b", "a-old"]);
         assert_eq!(snap.list_version.as_deref(), Some("v"));
