@@ -9,11 +9,11 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::metrics::{counter, gauge};
 use super::HttpServer;
 use crate::agent::AgentView;
 use crate::mqtt::LinkState;
@@ -24,16 +24,6 @@ pub const AGENT_HTTP_LISTEN: &str = "127.0.0.1:7884";
 /// The text of one scrape.
 pub fn render(v: &AgentView) -> Result<String, std::fmt::Error> {
     let mut r = Registry::with_prefix("swarming_agent");
-    let counter = |r: &mut Registry, name: &str, help: &str, value: u64| {
-        let c: Counter = Counter::default();
-        c.inc_by(value);
-        r.register(name, help, c);
-    };
-    let gauge = |r: &mut Registry, name: &str, help: &str, value: f64| {
-        let g = Gauge::<f64, AtomicU64>::default();
-        g.set(value);
-        r.register(name, help, g);
-    };
     counter(
         &mut r,
         "rounds",
@@ -56,12 +46,14 @@ pub fn render(v: &AgentView) -> Result<String, std::fmt::Error> {
         &mut r,
         "targets",
         "Targets being pinged",
+        None,
         *v.targets.borrow() as f64,
     );
     gauge(
         &mut r,
         "outbox_queued_results",
         "Results waiting for a broker",
+        None,
         v.outbox.len() as f64,
     );
     counter(

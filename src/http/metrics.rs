@@ -27,13 +27,19 @@ pub const MAX_TARGET_SERIES: usize = 5_000;
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+pub(super) fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let c: Counter = Counter::default();
     c.inc_by(value);
     registry.register(name, help, c);
 }
 
-fn gauge(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, value: f64) {
+pub(super) fn gauge(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    value: f64,
+) {
     let g = FloatGauge::default();
     g.set(value);
     match unit {
