@@ -546,9 +546,10 @@ impl crate::daemon::Service for Agent {
         let http = settings.http; // http: hook
         match Agent::start(settings) {
             Ok(mut a) => {
-                a.http = crate::http::agent::start(http, a.view.clone()).await; // http: hook
-                                                                                // Ready once the first broker was tried (not necessarily
-                                                                                // reached): a missing broker must not hold the boot.
+                // http: hook
+                a.http = crate::http::agent::start(http, a.view.clone()).await;
+                // Ready once the first broker was tried (not necessarily
+                // reached): a missing broker must not hold the boot.
                 let mut attempts = a.view.attempts.clone();
                 let _ = tokio::time::timeout(
                     keepalive + Duration::from_secs(2),

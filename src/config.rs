@@ -406,6 +406,10 @@ pub struct RawAgentConfig {
     pub log: LogConfig,
 }
 
+/// Default address of the agent's optional `/metrics` endpoint (next to
+/// the indexer's [`INDEXER_HTTP_LISTEN`]).
+pub const AGENT_HTTP_LISTEN: &str = "127.0.0.1:7884";
+
 /// The agent's `http:` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -417,7 +421,7 @@ pub struct RawAgentHttp {
 impl Default for RawAgentHttp {
     fn default() -> Self {
         RawAgentHttp {
-            listen: crate::http::agent::AGENT_HTTP_LISTEN.into(),
+            listen: AGENT_HTTP_LISTEN.into(),
         }
     }
 }

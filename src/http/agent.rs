@@ -18,9 +18,6 @@ use super::HttpServer;
 use crate::agent::AgentView;
 use crate::mqtt::LinkState;
 
-/// Default address when the section is given without one.
-pub const AGENT_HTTP_LISTEN: &str = "127.0.0.1:7884";
-
 /// The text of one scrape.
 pub fn render(v: &AgentView) -> Result<String, std::fmt::Error> {
     let mut r = Registry::with_prefix("swarming_agent");
