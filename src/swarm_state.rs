@@ -21,8 +21,15 @@ use crate::protocol::{PingResult, RipReason, Target};
 pub const MAX_AGENTS: usize = 10_000;
 /// Agent x target pairs remembered.
 pub const MAX_CELLS: usize = 100_000;
-/// Targets with a history (the configured ones come first).
-pub const MAX_TARGETS: usize = 20_000;
+/// Targets with a history.
+pub const MAX_TARGETS: usize = 5_000;
+/// Longest agent name, target and round text kept (longer: not kept).
+const MAX_NAME: usize = 253;
+/// Labels kept per agent, and their longest key and value (cut).
+const MAX_LABELS: usize = 16;
+const MAX_LABEL_TEXT: usize = 128;
+/// Longest error text kept (cut).
+const MAX_ERROR: usize = 256;
 /// Results kept per target for its history.
 pub const HISTORY: usize = 60;
 /// Agents and pairs without news for this long are forgotten.
@@ -61,6 +68,15 @@ impl CellState {
 /// Lost echoes as a fraction (0 to 1) of those sent; `None` when none was.
 fn loss(r: &PingResult) -> Option<f64> {
     (r.sent > 0).then(|| f64::from(r.sent.saturating_sub(r.received)) / f64::from(r.sent))
+}
+
+/// `text`, cut to at most `max` bytes on a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -244,6 +260,12 @@ impl SwarmState {
             s.dropped = s.dropped.saturating_add(1);
             return;
         }
+        // Results are at most 64 KiB of anyone's text: keep names that fit
+        // and cut the rest, so the bounds above bound the memory too.
+        if r.agent.len() > MAX_NAME || r.target.len() > MAX_NAME || r.timestamp.len() > MAX_NAME {
+            s.dropped = s.dropped.saturating_add(1);
+            return;
+        }
         let key = (r.agent.clone(), r.target.clone());
         // A round already seen (redelivered after a failover, or through
         // another broker) or older than the newest: nothing new.
@@ -267,7 +289,12 @@ impl SwarmState {
         });
         agent.seen.last_result = Some(now);
         agent.seen.interval = r.interval;
-        agent.labels = r.labels.clone();
+        agent.labels = r
+            .labels
+            .iter()
+            .take(MAX_LABELS)
+            .map(|(k, v)| (cut(k, MAX_LABEL_TEXT), cut(v, MAX_LABEL_TEXT)))
+            .collect();
         agent.broker = Some(broker.clone());
         if r.timestamp > agent.last_round {
             agent.last_round = r.timestamp.clone();
@@ -279,7 +306,7 @@ impl SwarmState {
             rtt_ms,
             sent: r.sent,
             received: r.received,
-            error: r.error.clone(),
+            error: r.error.as_deref().map(|e| cut(e, MAX_ERROR)),
             round: r.timestamp.clone(),
             interval: r.interval,
             at: now,
@@ -536,6 +563,31 @@ mod tests {
         s.prune(t0 + FORGET_AFTER + Duration::from_secs(1));
         let snap = s.snapshot(t0 + FORGET_AFTER);
         assert!(snap.cells.is_empty() && snap.agents.is_empty() && snap.history.is_empty());
+    }
+
+    #[test]
+    fn hostile_text_is_cut_or_refused() {
+        let s = SwarmState::new();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut r = result("a", "x", "2026-01-01T00:00:10Z", 1, 0);
+        r.error = Some("é".repeat(10_000));
+        r.labels = (0..100)
+            .map(|i| (format!("k{i}"), "v".repeat(5000)))
+            .collect();
+        s.record_result(&r, &broker(1), t0);
+        let mut long = result(&"n".repeat(300), "x", "2026-01-01T00:00:10Z", 1, 1);
+        s.record_result(&long, &broker(1), t0);
+        long = result("b", &"t".repeat(300), "2026-01-01T00:00:10Z", 1, 1);
+        s.record_result(&long, &broker(1), t0);
+        let snap = s.snapshot(t0);
+        assert_eq!(snap.agents.len(), 1);
+        assert_eq!(snap.dropped, 2);
+        assert!(snap.cells[0].error.as_ref().unwrap().len() <= MAX_ERROR);
+        assert_eq!(snap.agents[0].labels.len(), MAX_LABELS);
+        assert!(snap.agents[0]
+            .labels
+            .values()
+            .all(|v| v.len() == MAX_LABEL_TEXT));
     }
 
     #[test]
