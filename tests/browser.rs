@@ -1,8 +1,9 @@
 //! The indexer's live page in a real browser (Debian's `chromium`,
-//! headless): a small swarm (real mosquitto, the indexer, results as two
-//! agents publish them) shows as a matrix of agents x targets, a cell turns
-//! red when its target stops answering, and a screenshot lands in
-//! `target/test-artifacts/`. Also checks `/metrics` and `/api/state`.
+//! headless, driven over the DevTools protocol): a small swarm (real
+//! mosquitto, the indexer, results as three agents publish them) shows as a
+//! matrix of agents x targets grouped by provider; when a target stops
+//! answering its cells turn down in the same page load (live, no reload);
+//! a screenshot lands in `target/test-artifacts/`. Also checks `/metrics`.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::daemon::Daemon;
+use common::devtools::Browser;
 use common::fixtures::indexer_config;
 use common::mosquitto::Mosquitto;
 use common::mqtt::publish;
@@ -74,6 +76,27 @@ async fn wait_state(base: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serd
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("/api/state never matched; last: {last:#}");
+}
+
+/// The page's DOM once `ok` holds (the page updates itself every 2 s).
+async fn wait_dom(browser: &mut Browser, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + 20 * SEC;
+    loop {
+        let dom = browser
+            .eval("document.documentElement.outerHTML")
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if ok(&dom) {
+            return dom;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page never showed the expected state; last DOM:\n{dom}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn artifacts() -> PathBuf {
@@ -184,10 +207,12 @@ async fn the_live_page_shows_the_matrix_and_a_target_going_down() {
     })
     .await;
 
+    // One page load; everything after it arrives by the page's own polling.
     let profile = tempfile::tempdir().unwrap();
-    let dom = chromium(&format!("{base}/"), "--dump-dom", profile.path()).await;
+    let mut browser = Browser::start(profile.path()).await;
+    browser.navigate(&format!("{base}/")).await;
+    let dom = wait_dom(&mut browser, |dom| cells(dom).len() == n).await;
     let before = cells(&dom);
-    assert_eq!(before.len(), n, "one cell per agent x target: {before:?}");
     for (agent, _) in AGENTS {
         for t in TARGETS {
             assert_eq!(state_of(&before, agent, t), "up", "{agent} x {t}");
@@ -203,23 +228,26 @@ async fn the_live_page_shows_the_matrix_and_a_target_going_down() {
         );
     }
     assert!(dom.contains("3/3 agents alive"), "summary line");
+    // Survives only as long as the page is not reloaded.
+    browser.eval("window.loadedOnce = true").await;
 
     // 127.0.0.2 stops answering.
     publish_round(broker.port, 3, Some("127.0.0.2")).await;
-    wait_state(&base, |v| {
-        v["cells"].as_array().is_some_and(|c| {
-            c.iter()
-                .filter(|c| c["target"] == "127.0.0.2")
-                .all(|c| c["state"] == "down")
-        })
+    let dom = wait_dom(&mut browser, |dom| {
+        AGENTS
+            .iter()
+            .all(|(a, _)| state_of(&cells(dom), a, "127.0.0.2") == "down")
     })
     .await;
-    let dom = chromium(&format!("{base}/"), "--dump-dom", profile.path()).await;
     let after = cells(&dom);
     for (agent, _) in AGENTS {
-        assert_eq!(state_of(&after, agent, "127.0.0.2"), "down", "{agent}");
         assert_eq!(state_of(&after, agent, "127.0.0.1"), "up", "{agent}");
     }
+    assert_eq!(
+        browser.eval("window.loadedOnce === true").await,
+        serde_json::json!(true),
+        "updated live, without a reload"
+    );
     let hover = dom
         .split("data-target=\"127.0.0.2\" data-state=\"down\" title=\"")
         .nth(1)
@@ -228,13 +256,14 @@ async fn the_live_page_shows_the_matrix_and_a_target_going_down() {
     assert!(hover.contains("loss 100 % (0/4)"), "hover text: {hover:?}");
     // The history of the target shows the lost round.
     assert!(dom.contains("<rect"), "loss drawn in the history");
+    drop(browser);
 
     let shot = artifacts().join("browser-matrix.png");
     let _ = std::fs::remove_file(&shot);
     chromium(
         &format!("{base}/"),
         &format!("--screenshot={}", shot.display()),
-        profile.path(),
+        tempfile::tempdir().unwrap().path(),
     )
     .await;
     let png = std::fs::read(&shot).expect("screenshot written");
