@@ -1,119 +1,135 @@
-//! Live summary of an indexer's file output, for the local swarm demo
-//! (`packaging/swarm.sh`): follows the NDJSON file and prints, every two
-//! seconds, one line per agent x target.
+//! Compact live summary of a swarm, for the local demo
+//! (`packaging/swarm.sh`): reads the indexer's `/api/state` every two
+//! seconds and prints one line when something an operator cares about
+//! changed (an agent's broker or liveness, a broker's connection, a target's
+//! state), else one line every ten seconds.
 //!
-//! Usage: cargo run --example summary -- PATH [SECONDS]
+//! Usage: cargo run --example summary -- http://127.0.0.1:7883 [SECONDS]
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
-#[derive(Default)]
-struct Row {
-    rounds: u64,
-    down: u64,
-    sent: u64,
-    received: u64,
-    rtt_sum_ms: f64,
-    rtt_n: u64,
-    last: String,
+use serde_json::Value;
+
+const PERIOD: Duration = Duration::from_secs(2);
+const QUIET_LINE_EVERY: Duration = Duration::from_secs(10);
+
+/// `paris@#1 lyon@#2 berlin(gone)`: agents with their broker's number.
+fn agents(v: &Value) -> String {
+    let brokers: Vec<&str> = v["brokers"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|b| b["broker"].as_str()).collect())
+        .unwrap_or_default();
+    let number = |b: &str| {
+        brokers
+            .iter()
+            .position(|x| *x == b)
+            .map(|i| format!("#{}", i + 1))
+            .unwrap_or_else(|| b.to_owned())
+    };
+    v["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|a| {
+                    let name = a["name"].as_str().unwrap_or("?");
+                    let name = name.strip_prefix("probe-").unwrap_or(name);
+                    match (a["alive"].as_bool(), a["broker"].as_str()) {
+                        (Some(true), Some(b)) => format!("{name}@{}", number(b)),
+                        _ => format!("{name}({})", a["notice"].as_str().unwrap_or("silent")),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
-fn main() -> std::io::Result<()> {
+/// `#1 up #2 DOWN`.
+fn brokers(v: &Value) -> String {
+    v["brokers"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let up = b["connected"].as_bool() == Some(true);
+                    format!("#{} {}", i + 1, if up { "up" } else { "DOWN" })
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// `up 11/12, down: 127.0.0.3 (lyon)`.
+fn cells(v: &Value) -> String {
+    let cells = v["cells"].as_array().cloned().unwrap_or_default();
+    let up = cells.iter().filter(|c| c["state"] == "up").count();
+    let bad: Vec<String> = cells
+        .iter()
+        .filter(|c| c["state"] != "up")
+        .map(|c| {
+            let agent = c["agent"].as_str().unwrap_or("?");
+            format!(
+                "{} {}<-{}",
+                c["state"].as_str().unwrap_or("?"),
+                c["target"].as_str().unwrap_or("?"),
+                agent.strip_prefix("probe-").unwrap_or(agent)
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        format!("cells up {up}/{}", cells.len())
+    } else {
+        format!("cells up {up}/{}; {}", cells.len(), bad.join(", "))
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let mut args = std::env::args().skip(1);
-    let path = args.next().unwrap_or_else(|| "results.ndjson".into());
+    let base = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:7883".into());
     let limit = args
         .next()
         .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
         .map(Duration::from_secs);
+    let url = format!("{}/api/state", base.trim_end_matches('/'));
     let started = Instant::now();
-    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
-    let mut events: Vec<String> = Vec::new();
-    let mut offset = 0u64;
+    let mut last = String::new();
+    let mut last_print = Instant::now();
+    let mut tick = tokio::time::interval(PERIOD);
     loop {
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            let len = f.metadata()?.len();
-            if len < offset {
-                offset = 0; // rotated
-            }
-            f.seek(SeekFrom::Start(offset))?;
-            let mut reader = BufReader::new(f);
-            let mut line = String::new();
-            while reader.read_line(&mut line)? > 0 {
-                if !line.ends_with('\n') {
-                    break; // partial line: read it next time
-                }
-                offset += line.len() as u64;
-                if let Ok(d) = serde_json::from_str::<serde_json::Value>(&line) {
-                    take(&d, &mut rows, &mut events);
-                }
-                line.clear();
-            }
-        }
-        print(&rows, &events, started.elapsed());
+        tick.tick().await;
         if limit.is_some_and(|l| started.elapsed() >= l) {
-            return Ok(());
+            return;
         }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
-fn take(
-    d: &serde_json::Value,
-    rows: &mut BTreeMap<(String, String), Row>,
-    events: &mut Vec<String>,
-) {
-    let agent = d["observer"]["name"].as_str().unwrap_or("?").to_owned();
-    if d["event"]["dataset"] == "swarming.agent" {
-        events.push(format!(
-            "{} agent {agent}: {}",
-            d["@timestamp"].as_str().unwrap_or(""),
-            d["event"]["action"].as_str().unwrap_or("?")
-        ));
-        return;
-    }
-    let target = d["monitor"]["name"].as_str().unwrap_or("?").to_owned();
-    let row = rows.entry((agent, target)).or_default();
-    row.rounds += 1;
-    if d["monitor"]["status"] != "up" {
-        row.down += 1;
-    }
-    row.sent += d["ping"]["sent"].as_u64().unwrap_or(0);
-    row.received += d["ping"]["received"].as_u64().unwrap_or(0);
-    if let Some(avg) = d["ping"]["rtt"]["avg_ms"].as_f64() {
-        row.rtt_sum_ms += avg;
-        row.rtt_n += 1;
-    }
-    row.last = d["@timestamp"].as_str().unwrap_or("").to_owned();
-}
-
-fn print(rows: &BTreeMap<(String, String), Row>, events: &[String], elapsed: Duration) {
-    println!(
-        "\n--- swarm summary after {}s: {} agent x target pairs ---",
-        elapsed.as_secs(),
-        rows.len()
-    );
-    println!(
-        "{:<14} {:<12} {:>7} {:>6} {:>7} {:>9}  last round",
-        "agent", "target", "rounds", "down", "loss%", "avg rtt"
-    );
-    for ((agent, target), r) in rows {
-        let loss = if r.sent > 0 {
-            100.0 * (r.sent - r.received) as f64 / r.sent as f64
-        } else {
-            100.0
+        let elapsed = started.elapsed().as_secs();
+        let state = match reqwest::get(&url).await {
+            Ok(r) => r.text().await.ok(),
+            Err(_) => None,
+        }
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let Some(v) = state else {
+            println!("{elapsed:>4}s  indexer not answering on {url}");
+            continue;
         };
-        let rtt = if r.rtt_n > 0 {
-            format!("{:.3}ms", r.rtt_sum_ms / r.rtt_n as f64)
-        } else {
-            "-".into()
-        };
-        println!(
-            "{agent:<14} {target:<12} {:>7} {:>6} {loss:>7.1} {rtt:>9}  {}",
-            r.rounds, r.down, r.last
+        let now = format!(
+            "agents {}  |  brokers {}  |  {}",
+            agents(&v),
+            brokers(&v),
+            cells(&v)
         );
-    }
-    for e in events.iter().rev().take(5) {
-        println!("  {e}");
+        if now != last || last_print.elapsed() >= QUIET_LINE_EVERY {
+            let results: u64 = v["brokers"]
+                .as_array()
+                .map(|b| b.iter().filter_map(|b| b["results"].as_u64()).sum())
+                .unwrap_or(0);
+            println!("{elapsed:>4}s  {now}  |  {results} results");
+            last = now;
+            last_print = Instant::now();
+        }
     }
 }

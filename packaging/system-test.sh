@@ -43,7 +43,10 @@ if [ -z "$mirror" ]; then
 	echo "system-test: no Debian mirror in /etc/apt/sources.list*; set SWARMING_TEST_MIRROR" >&2
 	exit 1
 fi
-include=systemd,systemd-sysv,dbus,procps,ca-certificates
+# A minimal system: minbase plus what booting needs and what the packages
+# recommend (ca-certificates). No procps: no /bin/kill, as on many container
+# images; `systemctl reload` must work without it.
+include=systemd,systemd-sysv,dbus,ca-certificates
 # Downloaded into the cached root's apt cache, installed offline by the test.
 extra_debs="mosquitto mosquitto-clients"
 cache_key="v1 $suite $mirror $include $extra_debs"
@@ -262,6 +265,9 @@ CT_TIMEOUT=300 in_ct apt-get install -y -o Dpkg::Use-Pty=0 $extra_debs \
 	"/root/debs/$(basename "$agent_deb")" "/root/debs/$(basename "$indexer_deb")" >"$run_dir/install.log" 2>&1 ||
 	{ tail -n 30 "$run_dir/install.log"; fatal "apt install of mosquitto and both packages succeeds" "it failed (log above)"; }
 ok "apt install succeeded"
+s=$(sh_ct 'dpkg-query -W -f="\${db:Status-Status}" procps 2>/dev/null; ls /bin/kill /usr/bin/kill 2>/dev/null' 2>&1)
+[ -z "$s" ] || [ "$s" = not-installed ] && ok "minimal system: no procps, no /bin/kill" ||
+	fail "no procps and no kill binary in the container" "$s"
 wait_for 30 active mosquitto || fatal "mosquitto active" "$(CT_TIMEOUT=10 in_ct systemctl is-active mosquitto 2>&1)"
 expect_active swarming-agent "started on install, default config, no broker"
 e=$(CT_TIMEOUT=10 in_ct systemctl is-enabled swarming-agent 2>&1)
@@ -292,6 +298,12 @@ fi
 
 # ---------------------------------------------------------------- step 2
 step=2
+# The shipped indexer.yaml has no output: the check says which key to set.
+s=$(CT_TIMEOUT=20 in_ct swarming-indexer --check-config 2>&1); rc=$?
+[ "$rc" = 78 ] && echo "$s" | grep -q "elasticsearch: no output" && ok "shipped indexer.yaml: $s" ||
+	fail "swarming-indexer --check-config: exit 78, elasticsearch: no output" "exit $rc: $s"
+# The operator chooses an output, then enables the indexer.
+sh_ct "printf 'file: {path: /var/lib/swarming/results.ndjson}\n' >>/etc/swarming/indexer.yaml"
 CT_TIMEOUT=60 in_ct systemctl enable --now swarming-indexer >/dev/null 2>&1 ||
 	fail "systemctl enable --now swarming-indexer succeeds" "it failed"
 expect_active swarming-indexer "after enable --now"
@@ -299,6 +311,7 @@ sh_ct "cat >/etc/swarming/indexer.yaml" <<EOF
 # system test
 brokers: ["127.0.0.1:$port"]
 targets: [127.0.0.1, 127.0.0.2, localhost]
+file: {path: /var/lib/swarming/results.ndjson}
 EOF
 sh_ct "cat >/etc/swarming/agent.yaml" <<EOF
 # system test
@@ -329,6 +342,21 @@ if r=$(sub ping/127.0.0.2 60) && [ -n "$r" ]; then ok "result on ping/127.0.0.2:
 # A host name: resolved by glibc inside the sandbox (RestrictAddressFamilies).
 if r=$(sub ping/localhost 30) && [ -n "$r" ]; then ok "result on ping/localhost: $(echo "$r" | head -c 200)"; else
 	fail "a message on ping/localhost within 30 s" "'${r}' $(cat "$run_dir/sub.err")"; fi
+# The indexer's HTTP endpoint on its default address, from inside the
+# sandbox (no curl on a minimal system: bash's /dev/tcp).
+http_get() {   # PATH
+	CT_TIMEOUT=15 in_ct bash -c 'exec 3<>/dev/tcp/127.0.0.1/7883 && printf "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n" "$1" >&3 && cat <&3' _ "$1" 2>&1
+}
+m=$(http_get /metrics)
+if echo "$m" | grep -q '^HTTP/1.[01] 200' && echo "$m" | grep -qE '^swarming_agents_alive 1(\.0)?$' &&
+	echo "$m" | grep -q '^swarming_target_loss_ratio{agent="swarming-test",target="127.0.0.2"}'; then
+	ok "GET 127.0.0.1:7883/metrics: $(echo "$m" | grep -E '^swarming_(agents_alive|brokers_connected) ' | tr '\n' ' ')"
+else
+	fail "/metrics on 127.0.0.1:7883 with swarming_agents_alive 1 and a loss series for 127.0.0.2" "$(echo "$m" | head -n 3 | tr '\r\n' '  ')"
+fi
+m=$(http_get /api/state)
+echo "$m" | grep -q '"name":"swarming-test","labels":{},"alive":true' && ok "GET /api/state: the agent is alive" ||
+	fail "/api/state naming the alive agent swarming-test" "$(echo "$m" | tail -n 1 | head -c 300)"
 
 # ---------------------------------------------------------------- step 3
 step=3
@@ -342,11 +370,13 @@ n=$(echo "$j" | grep -c '"_TRANSPORT":"journal"')
 echo "$j" | grep '"_TRANSPORT":"journal"' | grep -q '"SYSLOG_IDENTIFIER":"swarming-agent"' &&
 	ok "SYSLOG_IDENTIFIER=swarming-agent" ||
 	fail "native entries with SYSLOG_IDENTIFIER=swarming-agent" "$(echo "$j" | grep -o '"SYSLOG_IDENTIFIER":"[^"]*"' | sort | uniq -c | tr '\n' ' ')"
-# TARGET may hold two values (journal fields can repeat): tracing-journald's
-# own TARGET (the Rust module) and ours (the ping target); JSON shows an array.
-f=$(echo "$j" | grep -o '"TARGET":\(\["[^]]*\]\|"[^"]*"\)' | grep '127\.0\.0\.[12]' | sort -u | head -n 2 | tr '\n' ' ')
-[ -n "$f" ] && ok "structured field TARGET naming a ping target: $f" ||
-	fail "a TARGET field with 127.0.0.1 or 127.0.0.2" "$(echo "$j" | grep -o '"TARGET":\(\["[^]]*\]\|"[^"]*"\)' | sort -u | head -n 5 | tr '\n' ' ')"
+# The ping target is PING_TARGET; TARGET is tracing-journald's own field (the
+# Rust module) and must hold one value, never an array.
+f=$(echo "$j" | grep -o '"PING_TARGET":"[^"]*"' | grep '127\.0\.0\.[12]' | sort -u | head -n 2 | tr '\n' ' ')
+[ -n "$f" ] && ok "structured field PING_TARGET naming a ping target: $f" ||
+	fail "a PING_TARGET field with 127.0.0.1 or 127.0.0.2" "$(echo "$j" | grep -o '"[A-Z_]*TARGET":[^,]*' | sort -u | head -n 5 | tr '\n' ' ')"
+f=$(echo "$j" | grep -o '"TARGET":\[[^]]*\]' | sort -u | head -n 2 | tr '\n' ' ')
+[ -z "$f" ] && ok "TARGET holds one value (the Rust module)" || fail "TARGET with one value" "arrays: $f"
 f=$(echo "$j" | grep -o '"\(BROKER\|AGENT\)":"[^"]*"' | sort -u | head -n 4 | tr '\n' ' ')
 [ -n "$f" ] && ok "structured fields: $f" || fail "BROKER or AGENT fields" "none (fields seen: $(echo "$j" | head -n 3 | grep -o '"[A-Z_]*":' | sort -u | tr -d '\n'))"
 st=$(prop swarming-agent StatusText)

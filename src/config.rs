@@ -196,23 +196,109 @@ impl Default for LogConfig {
     }
 }
 
+/// Largest configuration file read, in bytes: a target list at the `watch`
+/// limit fits several times over.
+pub const MAX_CONFIG_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Reads a configuration file: a regular file (a FIFO or `/dev/zero` would
+/// block or never end) of at most [`MAX_CONFIG_BYTES`]. `Ok(None)` when it
+/// does not exist.
+pub fn read_config_file(file: &Path) -> Result<Option<String>, ConfigError> {
+    use std::io::Read;
+    let err = |source: std::io::Error| ConfigError::Read {
+        file: file.to_owned(),
+        source,
+    };
+    let not_regular = || {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    };
+    // Checked before opening: opening a FIFO for reading blocks until a
+    // writer appears.
+    match std::fs::metadata(file) {
+        Ok(m) if !m.is_file() => return Err(not_regular()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    }
+    let f = std::fs::File::open(file).map_err(err)?;
+    // Checked again on what was opened (the path may have changed since).
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes, over the {MAX_CONFIG_BYTES}-byte limit",
+                meta.len()
+            ),
+        )));
+    }
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(err)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("grew over the {MAX_CONFIG_BYTES}-byte limit while read"),
+        )));
+    }
+    Ok(Some(text))
+}
+
 /// Reads and deserializes a YAML file strictly. A missing file at the
 /// default path yields the defaults (`missing_ok`).
 fn read_yaml<T: DeserializeOwned + Default>(
     file: &Path,
     missing_ok: bool,
 ) -> Result<T, ConfigError> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
-        Err(source) => {
-            return Err(ConfigError::Read {
-                file: file.to_owned(),
-                source,
-            })
-        }
+    match read_config_file(file)? {
+        Some(text) => parse_yaml(file, &text),
+        None if missing_ok => Ok(T::default()),
+        None => Err(ConfigError::Read {
+            file: file.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+        }),
+    }
+}
+
+/// Log levels accepted in `log.level`, alone or as `module=level`.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks `log.level`: a level, or comma-separated `level` / `module=level`
+/// directives. A typo (`eror`) would otherwise read as a module name and
+/// silence every log line, warnings included.
+fn check_log_level(file: &Path, level: &str) -> Result<(), ConfigError> {
+    let bad = |d: &str| {
+        ConfigError::invalid(
+            file,
+            "log.level",
+            format!(
+                "{d:?} is not a level; write one of {} (or module=level, comma-separated)",
+                LOG_LEVELS.join(", ")
+            ),
+        )
     };
-    parse_yaml(file, &text)
+    if level.trim().is_empty() {
+        return Err(bad(level));
+    }
+    for directive in level.split(',') {
+        let directive = directive.trim();
+        let lvl = match directive.rsplit_once('=') {
+            Some((module, lvl)) if !module.trim().is_empty() => lvl,
+            Some(_) => return Err(bad(directive)),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&lvl.trim().to_ascii_lowercase().as_str()) {
+            return Err(bad(directive));
+        }
+    }
+    Ok(())
 }
 
 /// Deserializes YAML text; the error names the key path.
@@ -369,6 +455,8 @@ pub struct RawAgentConfig {
     pub keepalive: Dur,
     pub ping: RawPingConfig,
     pub limits: RawLimits,
+    /// Optional `/metrics` endpoint; absent: off.
+    pub http: Option<RawAgentHttp>,
     pub log: LogConfig,
     /// Client certificate, key and CA for `mqtts://` brokers.
     pub tls: Option<RawTls>,
@@ -384,6 +472,26 @@ pub struct RawAgentConfig {
     pub deny: Vec<String>,
 }
 
+/// Default address of the agent's optional `/metrics` endpoint (next to
+/// the indexer's [`INDEXER_HTTP_LISTEN`]).
+pub const AGENT_HTTP_LISTEN: &str = "127.0.0.1:7884";
+
+/// The agent's `http:` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAgentHttp {
+    /// `address:port` (an IP literal), or `off`.
+    pub listen: String,
+}
+
+impl Default for RawAgentHttp {
+    fn default() -> Self {
+        RawAgentHttp {
+            listen: AGENT_HTTP_LISTEN.into(),
+        }
+    }
+}
+
 impl Default for RawAgentConfig {
     fn default() -> Self {
         RawAgentConfig {
@@ -393,6 +501,7 @@ impl Default for RawAgentConfig {
             keepalive: Dur(Duration::from_secs(15)),
             ping: RawPingConfig::default(),
             limits: RawLimits::default(),
+            http: None,
             log: LogConfig::default(),
             tls: None,
             username: None,
@@ -475,6 +584,8 @@ pub struct AgentSettings {
     pub max_targets: usize,
     pub max_rate: f64,
     pub max_queued: usize,
+    /// Where the optional `/metrics` endpoint listens; `None`: off.
+    pub http: Option<std::net::SocketAddr>,
     pub log: LogConfig,
     pub auth: ClientAuth,
     /// Empty: any publisher's list is applied.
@@ -583,6 +694,7 @@ impl AgentSettings {
                 "must be at least 1",
             ));
         }
+        check_log_level(file, &raw.log.level)?;
         Ok(AgentSettings {
             file: file.to_owned(),
             name,
@@ -597,6 +709,10 @@ impl AgentSettings {
             max_targets: raw.limits.max_targets,
             max_rate: raw.limits.max_rate,
             max_queued: raw.limits.max_queued,
+            http: match raw.http {
+                Some(h) => parse_listen(file, "http.listen", &h.listen)?,
+                None => None,
+            },
             log: raw.log,
             auth,
             watch_keys,
@@ -627,6 +743,8 @@ pub struct RawIndexerConfig {
     pub state_dir: PathBuf,
     /// Spool size budget; the oldest results are dropped past it.
     pub spool_max_bytes: u64,
+    /// The operator's HTTP endpoint: page, `/api/state`, `/metrics`.
+    pub http: RawHttp,
     pub log: LogConfig,
     /// Client certificate (CN `swarming-indexer`), key and CA for `mqtts://` brokers.
     pub tls: Option<RawTls>,
@@ -648,6 +766,7 @@ impl Default for RawIndexerConfig {
             file: None,
             state_dir: PathBuf::from("/var/lib/swarming"),
             spool_max_bytes: 1024 * 1024 * 1024,
+            http: RawHttp::default(),
             log: LogConfig::default(),
             tls: None,
             username: None,
@@ -655,6 +774,46 @@ impl Default for RawIndexerConfig {
             watch_key: None,
         }
     }
+}
+
+/// Default address of the indexer's HTTP endpoint. Port 7883: outside
+/// 9100-9999, the range the Prometheus wiki's "default port allocations"
+/// has given out to exporters (all of it), and not in /etc/services.
+pub const INDEXER_HTTP_LISTEN: &str = "127.0.0.1:7883";
+
+/// `http:` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    /// `address:port` (an IP literal, no name), or `off`.
+    pub listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: INDEXER_HTTP_LISTEN.into(),
+        }
+    }
+}
+
+/// Parses `http.listen`: an IP literal with a port, or `off` (`None`).
+pub fn parse_listen(
+    file: &Path,
+    key: &str,
+    raw: &str,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let raw = raw.trim();
+    if raw == "off" {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        ConfigError::invalid(
+            file,
+            key,
+            format!("{raw:?}: write an address and a port, e.g. {INDEXER_HTTP_LISTEN} or [::1]:7883, or off"),
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -798,6 +957,8 @@ pub struct IndexerSettings {
     pub file_output: Option<FileSettings>,
     pub state_dir: PathBuf,
     pub spool_max_bytes: u64,
+    /// Where the HTTP endpoint listens; `None`: off.
+    pub http: Option<std::net::SocketAddr>,
     pub log: LogConfig,
     pub auth: ClientAuth,
     pub watch_key: Option<std::sync::Arc<SigningKey>>,
@@ -865,6 +1026,14 @@ impl IndexerSettings {
                 })
             })
             .transpose()?;
+        if elasticsearch.is_none() && file_output.is_none() {
+            return Err(ConfigError::invalid(
+                file,
+                "elasticsearch",
+                "no output: set elasticsearch (or file) or results are received and dropped",
+            ));
+        }
+        check_log_level(file, &raw.log.level)?;
         if raw.spool_max_bytes < 1024 * 1024 {
             return Err(ConfigError::invalid(
                 file,
@@ -889,6 +1058,7 @@ impl IndexerSettings {
             file_output,
             state_dir: raw.state_dir,
             spool_max_bytes: raw.spool_max_bytes,
+            http: parse_listen(file, "http.listen", &raw.http.listen)?,
             log: raw.log,
             auth: client_auth(file, raw.tls, raw.username, raw.password_file)?,
             watch_key: raw
@@ -1238,5 +1408,81 @@ mod tests {
             }
         )
         .contains("secret"));
+    }
+
+    #[test]
+    fn log_level_typos_are_errors() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "debug,rumqttc=info",
+            "swarming::agent=trace",
+        ] {
+            agent(&format!("log: {{level: \"{ok}\"}}\n")).unwrap();
+        }
+        for bad in ["eror", "", "info,=debug", "rumqttc=loud", "info,"] {
+            let e = agent(&format!("log: {{level: \"{bad}\"}}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(": log.level: "), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_indexer_without_output_is_a_config_error() {
+        let f = Path::new("/etc/swarming/indexer.yaml");
+        let e = IndexerSettings::from_str(f, "brokers: [a]\ntargets: [x]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/swarming/indexer.yaml: elasticsearch: no output"),
+            "{e}"
+        );
+        IndexerSettings::from_str(f, "file: {path: /tmp/x.ndjson}\n").unwrap();
+    }
+
+    #[test]
+    fn http_listens_on_loopback_unless_told_otherwise() {
+        let f = Path::new("/etc/swarming/indexer.yaml");
+        let out = "file: {path: /tmp/x.ndjson}\n";
+        let s = IndexerSettings::from_str(f, out).unwrap();
+        assert_eq!(s.http, Some(INDEXER_HTTP_LISTEN.parse().unwrap()));
+        assert!(s.http.unwrap().ip().is_loopback());
+        let s = IndexerSettings::from_str(f, &format!("{out}http: {{listen: off}}\n")).unwrap();
+        assert_eq!(s.http, None);
+        let s =
+            IndexerSettings::from_str(f, &format!("{out}http: {{listen: \"[::1]:9\"}}\n")).unwrap();
+        assert_eq!(s.http, Some("[::1]:9".parse().unwrap()));
+        for bad in ["localhost:7883", "127.0.0.1", ""] {
+            let e = IndexerSettings::from_str(f, &format!("{out}http: {{listen: \"{bad}\"}}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(": http.listen: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // A FIFO would block the open, /dev/zero would never end.
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for p in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+            let e = AgentSettings::load(p, false).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{}: {e}", p.display());
+        }
+        let big = dir.path().join("big.yaml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let e = AgentSettings::load(&big, false).unwrap_err().to_string();
+        assert!(e.contains("limit"), "{e}");
+        assert!(read_config_file(&dir.path().join("absent"))
+            .unwrap()
+            .is_none());
     }
 }

@@ -342,7 +342,7 @@ pub fn has_net_raw() -> bool {
 pub const NET_RAW_HELP: &str =
     "the agent needs CAP_NET_RAW to send ICMP echo requests on raw sockets: \
 run it from its systemd unit (AmbientCapabilities=CAP_NET_RAW), as root, \
-or grant the binary the capability with `setcap cap_net_raw+ep /usr/bin/swarming-agent`";
+or grant the binary the capability with `setcap cap_net_raw+ep /usr/sbin/swarming-agent`";
 
 /// True when running as root (uid 0).
 pub fn is_root() -> bool {
@@ -394,6 +394,36 @@ mod tests {
     }
 
     #[test]
+    fn no_log_field_is_named_like_a_journal_field_of_tracing_journald() {
+        // tracing-journald writes the event's module as TARGET (and
+        // CODE_FILE, CODE_LINE); a field of ours with the same name turns
+        // into a second value, an array in `journalctl -o json`.
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut dirs = vec![src];
+        let mut bad = Vec::new();
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for (n, l) in text.lines().enumerate() {
+                        for field in ["target", "code_file", "code_line"] {
+                            if l.contains(&format!("!({field} = "))
+                                || l.contains(&format!(", {field} = "))
+                            {
+                                bad.push(format!("{}:{}: {l}", p.display(), n + 1));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "rename these fields:\n{}", bad.join("\n"));
+    }
+
+    #[test]
     fn verbosity_overrides_config_level() {
         // RUST_LOG is not set in the test environment we rely on here.
         if std::env::var_os("RUST_LOG").is_none() {
@@ -409,6 +439,8 @@ mod tests {
 pub trait DaemonSettings: Sized + Send + 'static {
     /// Program name: syslog identifier, message prefix.
     const IDENT: &'static str;
+    /// One line saying what the program is, first line of `--help`.
+    const ABOUT: &'static str;
     /// Configuration file used without `-c`.
     const DEFAULT_PATH: &'static str;
     /// Loads and validates; a missing file is fine when `missing_ok`.
@@ -456,10 +488,11 @@ pub trait Service: Sized + Send {
     fn shutdown(self) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// Command line common to both daemons.
+// The command line both daemons share; name, about line, version and the
+// default path are set per daemon in `Args::parse_for`.
 #[derive(Debug, clap::Parser)]
 pub struct Args {
-    /// Configuration file [default: /etc/swarming/<daemon>.yaml; absent means defaults]
+    /// Configuration file [default: DEFAULT_PATH; absent means defaults]
     #[arg(short, long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Load and validate the configuration, print "ok" or the error, exit 0 or 78
@@ -486,7 +519,44 @@ fn parse_log_target(s: &str) -> Result<LogTarget, String> {
     }
 }
 
+/// `--version`: the program's version and the wire contract it speaks.
+pub fn version_line() -> &'static str {
+    // clap keeps &'static str; built once.
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (wire contract v{})",
+            env!("CARGO_PKG_VERSION"),
+            crate::protocol::CONTRACT_VERSION
+        )
+    })
+}
+
 impl Args {
+    /// Parses the process's arguments with the help text of daemon `S`.
+    /// Exits for `--help`, `--version` and usage errors (status 2).
+    pub fn parse_for<S: DaemonSettings>() -> Args {
+        use clap::FromArgMatches;
+        let matches = Self::command_for::<S>().get_matches();
+        Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// The clap command of daemon `S`.
+    pub fn command_for<S: DaemonSettings>() -> clap::Command {
+        use clap::CommandFactory;
+        Args::command()
+            .name(S::IDENT)
+            .bin_name(S::IDENT)
+            .about(S::ABOUT)
+            .version(version_line())
+            .mut_arg("config", |a| {
+                a.help(format!(
+                    "Configuration file [default: {}; absent means defaults]",
+                    S::DEFAULT_PATH
+                ))
+            })
+    }
+
     fn path<S: DaemonSettings>(&self) -> (PathBuf, bool) {
         match &self.config {
             Some(p) => (p.clone(), false),
@@ -512,22 +582,37 @@ impl Args {
 /// The whole life of a daemon: parse arguments, load the configuration,
 /// set up logging, start, serve signals, map errors to exit codes.
 pub fn main<S: Service>() -> std::process::ExitCode {
-    use clap::Parser;
     // One crypto provider for every TLS user (reqwest now, MQTT over TLS
     // later): with two in the build, rustls panics at first use unless the
     // process has chosen one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args = Args::parse();
+    let args = Args::parse_for::<S::Settings>();
     let ident = S::Settings::IDENT;
+    let (path, missing_ok) = args.path::<S::Settings>();
+    // Only the default path may be absent (then defaults apply); say so
+    // rather than "ok" for a file that does not exist.
+    let missing = missing_ok
+        && matches!(std::fs::symlink_metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
     let settings: S::Settings = match args.load() {
         Ok(s) => s,
+        Err(ConfigError::Invalid { key, message, .. }) if missing => {
+            eprintln!(
+                "{ident}: {}: not found, and the defaults do not work: {key}: {message}",
+                path.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(e) => {
             eprintln!("{ident}: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if args.check_config {
-        println!("{}: ok", args.path::<S::Settings>().0.display());
+        if missing {
+            println!("{}: not found, defaults used", path.display());
+        } else {
+            println!("{}: ok", path.display());
+        }
         return ExitCode::from(EXIT_OK);
     }
     let log = init_logging(ident, settings.log(), args.log, args.verbose);

@@ -123,9 +123,9 @@ impl Guard {
                     logged.insert((target.to_owned(), ip))
                 };
                 if first {
-                    tracing::warn!(target = %target.escape_debug(), reason = %why, refused_total = total, "target refused by the agent's rules, never pinged");
+                    tracing::warn!(ping_target = %target.escape_debug(), reason = %why, refused_total = total, "target refused by the agent's rules, never pinged");
                 } else {
-                    tracing::debug!(target = %target.escape_debug(), reason = %why, refused_total = total, "target refused by the agent's rules, never pinged");
+                    tracing::debug!(ping_target = %target.escape_debug(), reason = %why, refused_total = total, "target refused by the agent's rules, never pinged");
                 }
                 false
             }

@@ -11,6 +11,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// Version of this wire contract (docs/protocol.md), shown by `--version`.
+pub const CONTRACT_VERSION: u32 = 1;
 /// Topic carrying the retained target list.
 pub const WATCH_TOPIC: &str = "watch";
 /// Prefix of result topics: `ping/{target}`.

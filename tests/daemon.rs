@@ -226,9 +226,28 @@ async fn indexer_notifies_reloads_and_stops_like_a_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_prints_ok_or_the_error() {
     let dir = tempfile::tempdir().unwrap();
+    // The shipped indexer file has no output until one is chosen: the
+    // check says which key to set rather than "ok".
+    let (status, out) = run(
+        INDEXER,
+        &["--check-config", "-c", "etc/swarming/indexer.yaml"],
+    )
+    .await;
+    assert_eq!(status.code(), Some(78), "{out}");
+    assert!(
+        out.contains("etc/swarming/indexer.yaml: elasticsearch: no output"),
+        "{out}"
+    );
+    let with_output = dir.path().join("indexer.yaml");
+    std::fs::write(
+        &with_output,
+        std::fs::read_to_string("etc/swarming/indexer.yaml").unwrap()
+            + "file: {path: /var/lib/swarming/results.ndjson}\n",
+    )
+    .unwrap();
     for (bin, good) in [
         (AGENT, "etc/swarming/agent.yaml"),
-        (INDEXER, "etc/swarming/indexer.yaml"),
+        (INDEXER, with_output.to_str().unwrap()),
     ] {
         let (status, out) = run(bin, &["--check-config", "-c", good]).await;
         assert_eq!(status.code(), Some(0), "{out}");
@@ -332,8 +351,9 @@ async fn records_of_crates_using_the_log_crate_reach_the_same_output() {
     std::fs::write(
         &cfg,
         format!(
-            "brokers: [\"{}\"]\ntargets: [127.0.0.1]\nstate_dir: {}\n",
+            "brokers: [\"{}\"]\ntargets: [127.0.0.1]\nstate_dir: {}\nfile: {{path: {}/out.ndjson}}\n",
             a.addr(),
+            dir.path().display(),
             dir.path().display()
         ),
     )
@@ -403,4 +423,74 @@ async fn indexer_status_names_a_failing_part_and_the_watchdog_follows_liveness()
     );
     // Waiting to reconnect is honest idleness: still petted.
     notify.expect(&["WATCHDOG=1"], 3 * SEC).await;
+}
+
+#[tokio::test]
+async fn version_help_and_check_config_tell_the_truth() {
+    for (bin, default) in [
+        (AGENT, "/etc/swarming/agent.yaml"),
+        (INDEXER, "/etc/swarming/indexer.yaml"),
+    ] {
+        let (status, out) = run(bin, &["--version"]).await;
+        assert!(status.success(), "{out}");
+        assert!(
+            out.contains(env!("CARGO_PKG_VERSION")) && out.contains("wire contract v1"),
+            "{out}"
+        );
+        let (status, out) = run(bin, &["--help"]).await;
+        assert!(status.success(), "{out}");
+        let first = out.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("ping") && !first.contains("both daemons"),
+            "first line: {first}"
+        );
+        assert!(out.contains(&format!("[default: {default};")), "{out}");
+        assert!(!out.contains("<daemon>") && !out.contains('`'), "{out}");
+
+        // Neither a FIFO nor a device may hang the check: a clear error, 78.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.yaml");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for p in [fifo.to_str().unwrap(), "/dev/zero"] {
+            let (status, out) =
+                tokio::time::timeout(5 * SEC, run(bin, &["--check-config", "-c", p]))
+                    .await
+                    .expect("the check does not hang");
+            assert_eq!(status.code(), Some(78), "{out}");
+            assert!(
+                out.contains(p) && out.contains("not a regular file"),
+                "{out}"
+            );
+        }
+        let typo = dir.path().join("typo.yaml");
+        let output = if bin == INDEXER {
+            "file: {path: /tmp/x.ndjson}\n"
+        } else {
+            ""
+        };
+        std::fs::write(&typo, format!("{output}log: {{level: eror}}\n")).unwrap();
+        let (status, out) = run(bin, &["--check-config", "-c", typo.to_str().unwrap()]).await;
+        assert_eq!(status.code(), Some(78), "{out}");
+        assert!(out.contains("log.level"), "{out}");
+    }
+    // Without -c, an absent default file is reported as such: the agent
+    // runs on defaults, the indexer has no output without one.
+    if !Path::new("/etc/swarming").exists() {
+        let (status, out) = run(AGENT, &["--check-config"]).await;
+        assert_eq!(status.code(), Some(0), "{out}");
+        assert!(
+            out.contains("/etc/swarming/agent.yaml: not found, defaults used"),
+            "{out}"
+        );
+        let (status, out) = run(INDEXER, &["--check-config"]).await;
+        assert_eq!(status.code(), Some(78), "{out}");
+        assert!(
+            out.contains("/etc/swarming/indexer.yaml: not found") && out.contains("elasticsearch"),
+            "{out}"
+        );
+    }
 }

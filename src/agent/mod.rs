@@ -110,13 +110,13 @@ impl Scheduler {
         for t in self.targets.iter().filter(|t| !new.contains(t)) {
             removed += 1;
             if removed <= 100 {
-                tracing::info!(target = %t, "target removed");
+                tracing::info!(ping_target = %t, "target removed");
             }
         }
         for t in targets.iter().filter(|t| !old.contains(t)) {
             added += 1;
             if added <= 100 {
-                tracing::info!(target = %t, "target added");
+                tracing::info!(ping_target = %t, "target added");
             }
         }
         tracing::info!(
@@ -163,7 +163,7 @@ pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStat
                 .retain(|t| t.ip().is_none_or(|ip| guard.permit(t.as_str(), ip)));
             for (text, why) in &parsed.rejected {
                 stats.targets_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target = %text.escape_debug(), reason = %why, "target rejected, never pinged");
+                tracing::warn!(ping_target = %text.escape_debug(), reason = %why, "target rejected, never pinged");
             }
             tracing::info!(
                 version = parsed.version.as_deref().unwrap_or(""),
@@ -219,6 +219,8 @@ pub struct Agent {
     link: tokio::task::JoinHandle<()>,
     tracker: TaskTracker,
     pub view: AgentView,
+    // http: hook
+    http: Option<crate::http::HttpServer>,
 }
 
 fn shuffled(brokers: &[crate::config::Broker]) -> Vec<crate::config::Broker> {
@@ -278,7 +280,7 @@ impl Agent {
             match serde_json::to_vec(&result) {
                 Ok(payload) => sink_outbox.push(Message { topic, payload }),
                 Err(e) => {
-                    tracing::error!(target = %result.target, error = %e, "cannot serialize result")
+                    tracing::error!(ping_target = %result.target, error = %e, "cannot serialize result")
                 }
             }
         });
@@ -382,6 +384,7 @@ impl Agent {
             link,
             tracker,
             view,
+            http: None, // http: hook
         })
     }
 }
@@ -571,6 +574,7 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
 
 impl crate::daemon::DaemonSettings for AgentSettings {
     const IDENT: &'static str = "swarming-agent";
+    const ABOUT: &'static str = "ICMP ping agent: pings the targets listed on the watch topic and publishes the results over MQTT";
     const DEFAULT_PATH: &'static str = crate::config::AGENT_CONFIG_PATH;
 
     fn load(file: &std::path::Path, missing_ok: bool) -> Result<Self, crate::config::ConfigError> {
@@ -593,8 +597,11 @@ impl crate::daemon::Service for Agent {
     async fn start(settings: AgentSettings) -> Result<Self, crate::daemon::StartError> {
         use crate::daemon::StartError as E;
         let keepalive = settings.keepalive;
+        let http = settings.http; // http: hook
         match Agent::start(settings) {
-            Ok(a) => {
+            Ok(mut a) => {
+                // http: hook
+                a.http = crate::http::agent::start(http, a.view.clone()).await;
                 // Ready once the first broker was tried (not necessarily
                 // reached): a missing broker must not hold the boot.
                 let mut attempts = a.view.attempts.clone();
@@ -617,6 +624,8 @@ impl crate::daemon::Service for Agent {
     }
 
     async fn reload(&mut self, new: AgentSettings) -> Vec<&'static str> {
+        let (before, view) = (self.settings.http, self.view.clone()); // http: hook
+        self.http = crate::http::agent::reload(self.http.take(), before, new.http, view).await; // http: hook
         Agent::reload(self, new)
     }
 
@@ -624,7 +633,10 @@ impl crate::daemon::Service for Agent {
         self.view.heartbeat.clone()
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(mut self) {
+        if let Some(http) = self.http.take() {
+            http.stop().await; // http: hook
+        }
         Agent::shutdown(self).await
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::config::Broker;
 use crate::document::{self, DocumentError};
 use crate::elasticsearch::BulkDoc;
 use crate::protocol::{self, PingResult, Rip};
@@ -49,12 +50,15 @@ pub struct Intake {
     notice_log: Throttled,
     /// Shapes check documents for the configured Kibana app (fixed until restart).
     shaper: document::CheckShaper,
+    /// What the HTTP page and metrics show. http: hook
+    pub swarm: Arc<crate::swarm_state::SwarmState>,
 }
 
 impl Intake {
     pub fn new(stats: Arc<IndexerStats>, shaper: document::CheckShaper) -> Self {
         Intake {
             shaper,
+            swarm: Arc::new(crate::swarm_state::SwarmState::new()),
             stats,
             agents: Mutex::new(Agents::new(MAX_AGENTS)),
             bad_log: Throttled::new(Duration::from_secs(10)),
@@ -82,7 +86,7 @@ impl Intake {
     /// to acknowledge and forget. `broker` names the source for logs.
     pub fn intake(
         &self,
-        broker: &str,
+        broker: &Broker,
         counters: &BrokerStats,
         topic: &str,
         payload: &[u8],
@@ -126,7 +130,7 @@ impl Intake {
 
     fn result(
         &self,
-        broker: &str,
+        broker: &Broker,
         target: &str,
         payload: &[u8],
         now: SystemTime,
@@ -148,6 +152,7 @@ impl Intake {
         }
         r.timestamp = canonical;
         let doc = BulkDoc::from_result_as(&r, &self.shaper)?;
+        self.swarm.record_result(&r, broker, now); // http: hook
         let touched = self.agents().result(&r.agent, r.interval, now);
         if touched.evicted {
             self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
@@ -162,7 +167,7 @@ impl Intake {
         Ok(doc)
     }
 
-    fn notice(&self, broker: &str, payload: &[u8], now: SystemTime) -> Result<BulkDoc, Refusal> {
+    fn notice(&self, broker: &Broker, payload: &[u8], now: SystemTime) -> Result<BulkDoc, Refusal> {
         let rip: Rip = serde_json::from_slice(payload)?;
         check_agent(&rip.agent)?;
         if let Some(since) = &rip.since {
@@ -172,6 +177,7 @@ impl Intake {
             tracing::info!(agent = %rip.agent, reason = rip.reason.as_str(), broker = %broker, suppressed, "agent notice");
         }
         let touched = self.agents().notice(&rip.agent, rip.reason, now);
+        self.swarm.record_rip(&rip.agent, rip.reason, now); // http: hook
         if touched.evicted {
             self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
         }
@@ -217,7 +223,12 @@ mod tests {
     }
 
     fn take(intake: &Intake, topic: &str, p: &[u8]) -> Option<BulkDoc> {
-        intake.intake("b:1", &BrokerStats::default(), topic, p)
+        let broker = Broker {
+            host: "b".into(),
+            port: 1,
+            tls: false,
+        };
+        intake.intake(&broker, &BrokerStats::default(), topic, p)
     }
 
     #[test]

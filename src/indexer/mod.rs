@@ -117,6 +117,8 @@ pub struct Indexer {
     spool: Option<SharedSpool>,
     pub view: IndexerView,
     started: Instant,
+    // http: hook
+    pub http: Option<crate::http::Endpoint>,
 }
 
 impl Indexer {
@@ -223,7 +225,18 @@ impl Indexer {
             es_client,
             spool,
             started: Instant::now(),
+            http: None, // http: hook
         };
+        // http: hook
+        indexer.http = Some(
+            crate::http::Endpoint::start(
+                indexer.view.intake.swarm.clone(),
+                &indexer.settings,
+                &indexer.view,
+                indexer.spool.clone(),
+            )
+            .await,
+        );
         indexer.start_es();
         for b in indexer.settings.brokers.clone() {
             indexer.open_session(b);
@@ -391,6 +404,12 @@ impl Indexer {
         if new.log != old.log {
             changed.push("log");
         }
+        if new.http != old.http {
+            changed.push("http");
+        }
+        if let Some(http) = &mut self.http {
+            http.reload(&new).await; // http: hook
+        }
         self.settings = new;
         changed
     }
@@ -399,6 +418,9 @@ impl Indexer {
     /// Elasticsearch [`DRAIN_TIMEOUT`] to take the spool; the rest stays on
     /// disk for the next start.
     pub async fn shutdown(mut self) {
+        if let Some(http) = self.http.take() {
+            http.stop().await; // http: hook
+        }
         let sessions: Vec<_> = self.sessions.drain().map(|(_, s)| s).collect();
         for (cancel, _) in &sessions {
             cancel.cancel();
@@ -483,6 +505,7 @@ fn open_file(f: &FileSettings) -> anyhow::Result<FileOutput> {
 
 impl crate::daemon::DaemonSettings for IndexerSettings {
     const IDENT: &'static str = "swarming-indexer";
+    const ABOUT: &'static str = "Collects ping results from every MQTT broker, publishes the target list, stores the results in Elasticsearch";
     const DEFAULT_PATH: &'static str = crate::config::INDEXER_CONFIG_PATH;
 
     fn load(file: &std::path::Path, missing_ok: bool) -> Result<Self, crate::config::ConfigError> {

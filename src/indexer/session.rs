@@ -134,6 +134,7 @@ pub async fn run(
         }
         backoff.reset();
         let up = Up::new(&counters, &stats);
+        shared.intake.swarm.broker_connected(&cfg.broker, true); // http: hook
         comp.ok();
         tracing::info!(broker = %broker, "connected to broker");
         let (mut events, poller) = mqtt::spawn_poller(el);
@@ -184,7 +185,7 @@ pub async fn run(
                 Some(Ok(Event::Incoming(Packet::Publish(mut p)))) => {
                     let doc = shared
                         .intake
-                        .intake(&broker, &counters, &p.topic, &p.payload);
+                        .intake(&cfg.broker, &counters, &p.topic, &p.payload);
                     // Only the packet id and QoS are needed to ack.
                     p.payload = Default::default();
                     p.topic = String::new();
@@ -219,6 +220,7 @@ pub async fn run(
             }
         };
         drop(up);
+        shared.intake.swarm.broker_connected(&cfg.broker, false); // http: hook
         match end {
             Some(reason) => {
                 let delay = backoff.next_delay();

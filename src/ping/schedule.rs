@@ -484,7 +484,7 @@ impl Schedule {
         let next = next_slot(wall.max(e.not_before), interval_ms, e.offset_ms);
         let missed = ((next - slot.min(next)) / interval_ms.max(1)).max(1);
         self.counters.skipped += missed;
-        tracing::debug!(target = %e.target, slot, missed, "slot skipped: could not start in time");
+        tracing::debug!(ping_target = %e.target, slot, missed, "slot skipped: could not start in time");
         e.state = State::Waiting { slot: next };
         let at = self.mono(next);
         self.push(idx, at);

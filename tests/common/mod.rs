@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod devtools;
 pub mod fake_es;
 pub mod fixtures;
 pub mod mosquitto;
