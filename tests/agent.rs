@@ -435,7 +435,7 @@ async fn config_errors_name_the_file_and_the_key() {
         ("ping: {interval: 60s, cuont: 5}\n", "ping.cuont"),
         ("ping: {interval: soon}\n", "ping.interval"),
         ("brokers: []\n", "brokers"),
-        ("brokers: [\"mqtts://h:8883\"]\n", "brokers[0]"),
+        ("brokers: [\"https://h:8883\"]\n", "brokers[0]"),
         ("keepalive: 10ms\n", "keepalive"),
         ("limits: {max_rate: -1}\n", "limits.max_rate"),
         ("name: [\n", "name"),
@@ -466,7 +466,7 @@ async fn config_errors_name_the_file_and_the_key() {
             "--check-config",
             "-c",
             "etc/swarming/agent.yaml",
-            "mqtts://x",
+            "https://x",
         ],
     )
     .await;

@@ -673,3 +673,28 @@ async fn username_and_password_file_log_in() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused() {
+    let dir = swarm_certs();
+    let revoked = dir.path().join("agent-probe-2.pem");
+    certs(dir.path(), &["revoke", revoked.to_str().unwrap()]);
+    let broker = shipped_broker(dir.path()).await;
+    assert!(
+        tls_client(
+            broker.port,
+            tls_files(dir.path(), Some("agent-probe-2")),
+            &[]
+        )
+        .await
+        .is_err(),
+        "revoked certificate accepted"
+    );
+    tls_client(
+        broker.port,
+        tls_files(dir.path(), Some("agent-probe-1")),
+        &[],
+    )
+    .await
+    .expect("the others still connect");
+}
