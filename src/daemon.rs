@@ -338,12 +338,6 @@ pub fn has_net_raw() -> bool {
     caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_NET_RAW).unwrap_or(false)
 }
 
-/// The message for a missing CAP_NET_RAW.
-pub const NET_RAW_HELP: &str =
-    "the agent needs CAP_NET_RAW to send ICMP echo requests on raw sockets: \
-run it from its systemd unit (AmbientCapabilities=CAP_NET_RAW), as root, \
-or grant the binary the capability with `setcap cap_net_raw+ep /usr/sbin/swarming-agent`";
-
 /// True when running as root (uid 0).
 pub fn is_root() -> bool {
     // /proc/self/status avoids a libc dependency for one call.

@@ -380,7 +380,7 @@ async fn an_indexer_and_two_agents_run_over_mutual_tls() {
     let (mut a, _d) = agents.remove(0);
     a.signal("TERM");
     assert!(a.wait(10 * SEC).await.success());
-    idx.wait_log(&["agent notice", "agent=probe-1", "Shutdown"], 10 * SEC)
+    idx.wait_log(&["agent notice", "agent=probe-1", "shutdown"], 10 * SEC)
         .await;
     for (a, _) in &agents {
         a.signal("TERM");

@@ -523,7 +523,8 @@ impl Agent {
 
 /// What to grant when no ICMP socket can be opened.
 pub const NO_PERMISSION_HELP: &str = "the agent needs CAP_NET_RAW for raw ICMP sockets \
-(its systemd unit grants it; or run it as root, or `setcap cap_net_raw+ep` on the binary), \
+(its systemd unit grants it with AmbientCapabilities=CAP_NET_RAW; or run it as root, \
+or `setcap cap_net_raw+ep /usr/sbin/swarming-agent`), \
 or its group allowed to open datagram ping sockets \
 (sysctl net.ipv4.ping_group_range=\"GID GID\")";
 
