@@ -13,7 +13,8 @@
 # mosquitto with apt-get if it is missing, and leaves its packaged service
 # stopped and disabled. Stops agents first, then the indexer, then brokers.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")
+cd "$(dirname "$self")/.."
 . packaging/privileges.sh
 
 ES_URL=${1:-}
@@ -27,7 +28,7 @@ if [ -z "${SWARM_BUILT:-}" ]; then
 		command -v sudo >/dev/null ||
 			{ echo "swarm: the agents need root (raw ICMP sockets) and there is no sudo: run it as root" >&2; exit 77; }
 		say "built; the swarm runs as root (raw ICMP sockets): sudo"
-		exec sudo env SWARM_BUILT=1 DURATION="$DURATION" "$0" "$@"
+		exec sudo env SWARM_BUILT=1 DURATION="$DURATION" "$self" "$@"
 	fi
 fi
 [ "$(id -u)" -eq 0 ] || { echo "swarm: run as root (agents need CAP_NET_RAW)" >&2; exit 77; }
@@ -54,6 +55,8 @@ stop() { # pid...: TERM, then wait for each
 	for p in "$@"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
 }
 cleanup() {
+	# Whatever failed before, every process must be stopped.
+	set +e
 	trap - EXIT INT TERM
 	echo
 	say "stopping: agents (they send their shutdown notice), then the indexer, then the brokers"

@@ -105,25 +105,14 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// Runs headless chromium on `url` with `action` (`--dump-dom` or
-/// `--screenshot=...`) after the page had `budget_ms` of virtual time.
+/// Runs headless chromium on `url` with `action` (`--screenshot=...`) after
+/// the page had 4 s of virtual time.
 async fn chromium(url: &str, action: &str, profile: &Path) -> String {
     let out = tokio::time::timeout(
         60 * SEC,
         tokio::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--window-size=1100,520",
-                "--virtual-time-budget=4000",
-            ])
+            .args(common::devtools::HEADLESS)
+            .arg("--virtual-time-budget=4000")
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(action)
             .arg(url)
