@@ -18,6 +18,18 @@ use crate::protocol::{self, Rip, RipReason};
 
 /// Publishes handed to rumqttc and not yet acknowledged, at most.
 const WINDOW: usize = 64;
+/// Results handed over together (and the room needed in the window to do
+/// so).
+const BATCH: usize = WINDOW / 2;
+/// Longest a result waits for a batch to fill.
+const LINGER: Duration = Duration::from_millis(100);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 /// Largest incoming packet accepted by the client, in bytes. Larger than any
 /// payload we accept, so an oversized publish is refused by us (counted,
 /// logged) rather than by rumqttc (which would drop the connection).
@@ -501,10 +513,32 @@ async fn agent_session(
     };
     let mut draining = false;
     let mut notice_sent = false;
+    // Results go out in batches: a batch of publishes written back to back
+    // leaves in few TCP segments (Nagle holds the small writes behind the
+    // first unacknowledged one) and its PUBACKs come back together, instead
+    // of a transmit, a broker wake-up and a PUBACK read per result. Still
+    // one result per message.
+    let mut linger: Option<tokio::time::Instant> = None;
     loop {
-        // Feed the window. try_publish cannot fail for lack of room: the
-        // request channel holds more than WINDOW.
-        while inflight.len() < WINDOW {
+        let queued = h.outbox.len();
+        let due =
+            draining || queued >= BATCH || linger.is_some_and(|t| t <= tokio::time::Instant::now());
+        if queued == 0 {
+            linger = None;
+        } else if linger.is_none() {
+            linger = Some(tokio::time::Instant::now() + LINGER);
+        }
+        // Feed the window, a batch at a time. try_publish cannot fail for
+        // lack of room: the request channel holds more than WINDOW.
+        let room = if due && inflight.len() <= WINDOW - BATCH {
+            WINDOW
+        } else {
+            0
+        };
+        if room > 0 && queued > 0 {
+            linger = None;
+        }
+        while inflight.len() < room {
             let Some(m) = h.outbox.pop() else { break };
             match client.try_publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone()) {
                 Ok(()) => inflight.push_back(m),
@@ -574,7 +608,8 @@ async fn agent_session(
                     }
                 }
             }
-            _ = h.outbox.notified(), if inflight.len() < WINDOW => {}
+            _ = h.outbox.notified(), if inflight.len() <= WINDOW - BATCH && linger.is_none() => {}
+            _ = sleep_until_some(linger), if inflight.len() <= WINDOW - BATCH => {}
             _ = drain.cancelled(), if !draining => draining = true,
             changed = config.changed() => {
                 if changed.is_err() {

@@ -30,6 +30,10 @@ use crate::protocol::Target;
 /// (logged, slots renamed); below it, a slew (followed quietly).
 const CLOCK_STEP_MS: i64 = 1000;
 const CLOCK_SLEW_MS: i64 = 50;
+/// How far ahead of its rate-limit time a send may go: the timer's
+/// resolution (tokio's is 1 ms), so rates above 1,000/s are reachable;
+/// the largest burst is one millisecond's worth plus one.
+const RATE_TOLERANCE: Duration = Duration::from_millis(1);
 
 /// What the schedule runs on.
 #[derive(Debug, Clone, PartialEq)]
@@ -445,7 +449,7 @@ impl Schedule {
                 self.entries[idx as usize].as_ref().map(|e| &e.state),
                 Some(State::Waiting { .. })
             );
-            let go = now.max(self.next_send);
+            let go = now.max(self.next_send.checked_sub(RATE_TOLERANCE).unwrap_or(now));
             if starting && !self.plan.once {
                 let slot = match self.entries[idx as usize].as_ref().map(|e| &e.state) {
                     Some(State::Waiting { slot }) => *slot,
@@ -465,10 +469,9 @@ impl Schedule {
             self.queue.pop();
             self.fire(idx, now, io);
         }
-        let mut wake = self
-            .queue
-            .peek()
-            .map(|Reverse((at, ..))| (*at).max(self.next_send));
+        let mut wake = self.queue.peek().map(|Reverse((at, ..))| {
+            (*at).max(self.next_send.checked_sub(RATE_TOLERANCE).unwrap_or(*at))
+        });
         if let Some(&(deadline, ..)) = self.timeouts.front() {
             wake = Some(wake.map_or(deadline, |w| w.min(deadline)));
         }
