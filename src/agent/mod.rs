@@ -50,6 +50,20 @@ pub fn plan(settings: &AgentSettings, instance: &str, once: bool) -> Plan {
     }
 }
 
+/// Says so when a full list (`max_targets`) would need more echoes per
+/// second than `max_rate`: the interval would then be stretched.
+fn warn_if_full_list_stretches(s: &AgentSettings) {
+    let needed = s.max_targets as f64 * f64::from(s.ping.count) / s.ping.interval.as_secs_f64();
+    if needed > s.max_rate {
+        tracing::info!(
+            max_targets = s.max_targets,
+            max_rate = s.max_rate,
+            stretched_interval_s = s.max_targets as f64 * f64::from(s.ping.count) / s.max_rate,
+            "a list of limits.max_targets targets would need {needed:.1} echoes/s, more than limits.max_rate: its interval would be stretched"
+        );
+    }
+}
+
 /// A fresh random instance id: tells two agents of the same name apart.
 pub fn new_instance() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -221,6 +235,7 @@ impl Agent {
     pub fn start(settings: AgentSettings) -> Result<Agent, StartError> {
         let sockets = Sockets::open()?;
         let mode = sockets.mode;
+        warn_if_full_list_stretches(&settings);
         tracing::info!(mode = ?mode, "ICMP echo through {}", mode.describe());
         let instance = new_instance();
         let outbox = Arc::new(Outbox::new(settings.max_queued));
@@ -377,6 +392,12 @@ impl Agent {
         if new.max_rate != old.max_rate {
             changed.push("limits.max_rate");
         }
+        if new.ping != old.ping
+            || new.max_rate != old.max_rate
+            || new.max_targets != old.max_targets
+        {
+            warn_if_full_list_stretches(&new);
+        }
         if new.ping != old.ping || new.max_rate != old.max_rate || new.name != old.name {
             self.plan_tx.send_replace(plan(&new, &self.instance, false));
         }
@@ -491,10 +512,13 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
     } else {
         String::new()
     };
-    let clash = match &*v.clash.borrow() {
+    let mut clash = match &*v.clash.borrow() {
         Some(c) => format!("NAME CLASH: {c}; "),
         None => String::new(),
     };
+    if e.ended.load(Ordering::Relaxed) {
+        clash.insert_str(0, "ICMP LOOP STOPPED; ");
+    }
     format!(
         "{clash}{link}; {mode}; {} targets every {}s{stretched}; {} rounds, {} slots skipped; last period {}/{} echoes answered; {} queued, {} dropped",
         *v.targets.borrow(),

@@ -30,10 +30,13 @@ use crate::protocol::Target;
 /// (logged, slots renamed); below it, a slew (followed quietly).
 const CLOCK_STEP_MS: i64 = 1000;
 const CLOCK_SLEW_MS: i64 = 50;
-/// How far ahead of its rate-limit time a send may go: the timer's
-/// resolution (tokio's is 1 ms), so rates above 1,000/s are reachable;
-/// the largest burst is one millisecond's worth plus one.
-const RATE_TOLERANCE: Duration = Duration::from_millis(1);
+/// Sends are grouped in ticks of this many echoes' worth of `max_rate`
+/// (between 1 ms and [`MAX_TICK`]): one wake-up sends a few echoes instead
+/// of one, which is most of the cost per echo. A round starts at most one
+/// tick after its slot, and the largest burst is one tick's worth plus one.
+const ECHOES_PER_TICK: f64 = 8.0;
+const MAX_TICK: Duration = Duration::from_millis(50);
+const MIN_TICK: Duration = Duration::from_millis(1);
 
 /// What the schedule runs on.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +52,8 @@ pub struct Plan {
 
 /// What the schedule asks of the outside world.
 pub trait Io {
-    /// Sends one echo request.
-    fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<()>;
+    /// Sends one echo request; returns the moment it left.
+    fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<Instant>;
     /// Resolves a name; the answer comes back through
     /// [`Schedule::on_resolved`] with `key`.
     fn resolve(&mut self, target: &Target, key: Key);
@@ -150,6 +153,7 @@ pub struct Schedule {
     plan: Plan,
     interval_ms: u64,
     period: Duration,
+    tick: Duration,
     entries: Vec<Option<Entry>>,
     free: Vec<u32>,
     index: HashMap<Target, u32>,
@@ -194,6 +198,7 @@ impl Schedule {
         let mut s = Schedule {
             interval_ms: 1,
             period: Duration::ZERO,
+            tick: MIN_TICK,
             plan,
             entries: Vec::new(),
             free: Vec::new(),
@@ -210,6 +215,13 @@ impl Schedule {
         };
         s.replan(now, wall_ms);
         s
+    }
+
+    /// How long sends may be held to go out together (see
+    /// [`ECHOES_PER_TICK`]): the caller wakes at most once per tick for
+    /// sends.
+    pub fn tick(&self) -> Duration {
+        self.tick
     }
 
     /// The interval in effect, stretched when the rate limit requires it.
@@ -320,6 +332,11 @@ impl Schedule {
         let ping = self.plan.ping;
         let rate = self.plan.max_rate.max(0.001);
         self.period = Duration::from_secs_f64(1.0 / rate);
+        // Never more than half an echo spacing: rounds must start within one.
+        self.tick = Duration::from_secs_f64(ECHOES_PER_TICK / rate)
+            .min(MAX_TICK)
+            .min(ping.spacing() / 2)
+            .max(MIN_TICK);
         let n = self.index.len() as u64;
         let wanted = ping.interval.as_millis() as u64;
         // Milliseconds needed for n * count echoes at max_rate.
@@ -449,14 +466,16 @@ impl Schedule {
                 self.entries[idx as usize].as_ref().map(|e| &e.state),
                 Some(State::Waiting { .. })
             );
-            let go = now.max(self.next_send.checked_sub(RATE_TOLERANCE).unwrap_or(now));
+            let go = now.max(self.next_send.checked_sub(self.tick).unwrap_or(now));
             if starting && !self.plan.once {
                 let slot = match self.entries[idx as usize].as_ref().map(|e| &e.state) {
                     Some(State::Waiting { slot }) => *slot,
                     _ => 0,
                 };
                 let late = go.saturating_duration_since(self.mono(slot));
-                if late > self.plan.ping.spacing() {
+                // One spacing, or two ticks when the spacing is shorter
+                // than the timer can honour.
+                if late > self.plan.ping.spacing().max(self.tick * 2) {
                     self.queue.pop();
                     self.skip(idx, slot, now);
                     continue;
@@ -470,7 +489,7 @@ impl Schedule {
             self.fire(idx, now, io);
         }
         let mut wake = self.queue.peek().map(|Reverse((at, ..))| {
-            (*at).max(self.next_send.checked_sub(RATE_TOLERANCE).unwrap_or(*at))
+            (*at).max(self.next_send.checked_sub(self.tick).unwrap_or(*at))
         });
         if let Some(&(deadline, ..)) = self.timeouts.front() {
             wake = Some(wake.map_or(deadline, |w| w.min(deadline)));
@@ -592,13 +611,16 @@ impl Schedule {
         let seq = self.alloc_seq();
         self.next_send = self.next_send.max(now) + self.period;
         let outcome = match (addr, seq) {
-            (Some(addr), Some(seq)) => io.send(addr, seq).map(|()| seq).map_err(|e| e.to_string()),
+            (Some(addr), Some(seq)) => io
+                .send(addr, seq)
+                .map(|at| (seq, at))
+                .map_err(|e| e.to_string()),
             (None, _) => Err("no address".to_owned()),
             (_, None) => Err("too many echoes in flight".to_owned()),
         };
         let ok = outcome.is_ok();
         match outcome {
-            Ok(seq) => {
+            Ok((seq, sent_at)) => {
                 self.next_serial += 1;
                 let serial = self.next_serial;
                 self.flights.insert(
@@ -608,11 +630,12 @@ impl Schedule {
                         id,
                         slot,
                         echo: m,
-                        sent_at: now,
+                        sent_at,
                         serial,
                     },
                 );
-                self.timeouts.push_back((now + ping.timeout, seq, serial));
+                self.timeouts
+                    .push_back((sent_at + ping.timeout, seq, serial));
                 self.counters.sent += 1;
             }
             Err(err) => {
@@ -777,13 +800,13 @@ mod tests {
     }
 
     impl Io for Fake {
-        fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<()> {
+        fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<Instant> {
             let now = self.now.expect("time set");
             self.sends.push((now, addr, seq));
             if let Some(rtt) = self.rtt {
                 self.replies.push_back((now + rtt, addr, seq));
             }
-            Ok(())
+            Ok(now)
         }
         fn resolve(&mut self, target: &Target, key: Key) {
             self.resolves.push((target.clone(), key));
