@@ -871,6 +871,19 @@ mod tests {
         }
     }
 
+    /// A schedule at `t0` running `list`, and a world answering after
+    /// `rtt_ms` (never when `None`).
+    fn start(plan: Plan, list: &[Target], rtt_ms: Option<u64>) -> (Instant, Schedule, Fake) {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(plan, t0, WALL0);
+        let io = Fake {
+            rtt: rtt_ms.map(Duration::from_millis),
+            ..Fake::default()
+        };
+        s.set_targets(list, t0, WALL0);
+        (t0, s, io)
+    }
+
     fn targets(n: usize) -> Vec<Target> {
         (0..n)
             .map(|i| {
@@ -910,14 +923,8 @@ mod tests {
 
     #[test]
     fn results_are_stamped_with_their_slot_one_interval_apart() {
-        let t0 = Instant::now();
         let ping = settings(10, 3, 1000);
-        let mut s = Schedule::new(plan(ping, 100.0), t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(5)),
-            ..Fake::default()
-        };
-        s.set_targets(&targets(20), t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(ping, 100.0), &targets(20), Some(5));
         drive(
             &mut s,
             &mut io,
@@ -950,14 +957,8 @@ mod tests {
     fn a_list_beyond_max_rate_stretches_the_interval_and_never_falls_behind() {
         // The shipped example's limits: 1,000 targets x 5 / 60 s = 83/s
         // against max_rate 50.
-        let t0 = Instant::now();
         let ping = settings(60, 5, 2000);
-        let mut s = Schedule::new(plan(ping, 50.0), t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(1)),
-            ..Fake::default()
-        };
-        s.set_targets(&targets(1000), t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(ping, 50.0), &targets(1000), Some(1));
         assert_eq!(s.interval(), Duration::from_secs(100));
         drive(
             &mut s,
@@ -1007,14 +1008,8 @@ mod tests {
 
     #[test]
     fn a_stall_skips_and_counts_slots_instead_of_replaying_them() {
-        let t0 = Instant::now();
         let ping = settings(10, 1, 1000);
-        let mut s = Schedule::new(plan(ping, 100.0), t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(2)),
-            ..Fake::default()
-        };
-        s.set_targets(&targets(10), t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(ping, 100.0), &targets(10), Some(2));
         drive(
             &mut s,
             &mut io,
@@ -1064,14 +1059,8 @@ mod tests {
     #[test]
     fn clock_steps_are_logged_not_replayed_and_do_not_silence() {
         for step_ms in [3_600_000i64, -3_600_000] {
-            let t0 = Instant::now();
             let ping = settings(10, 1, 1000);
-            let mut s = Schedule::new(plan(ping, 100.0), t0, WALL0);
-            let mut io = Fake {
-                rtt: Some(Duration::from_millis(2)),
-                ..Fake::default()
-            };
-            s.set_targets(&targets(10), t0, WALL0);
+            let (t0, mut s, mut io) = start(plan(ping, 100.0), &targets(10), Some(2));
             let at = t0 + Duration::from_secs(25);
             let step = move |t: Instant| if t >= at { step_ms } else { 0 };
             drive(
@@ -1130,10 +1119,7 @@ mod tests {
 
     #[test]
     fn replies_from_elsewhere_and_late_replies_are_ignored() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(plan(settings(10, 1, 1000), 100.0), t0, WALL0);
-        let mut io = Fake::default();
-        s.set_targets(&targets(1), t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(settings(10, 1, 1000), 100.0), &targets(1), None);
         drive(
             &mut s,
             &mut io,
@@ -1168,14 +1154,8 @@ mod tests {
 
     #[test]
     fn names_are_resolved_at_their_slot_and_failures_reported() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(plan(settings(10, 2, 500), 100.0), t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(3)),
-            ..Fake::default()
-        };
         let names: Vec<Target> = vec!["a.example".parse().unwrap(), "b.example".parse().unwrap()];
-        s.set_targets(&names, t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(settings(10, 2, 500), 100.0), &names, Some(3));
         drive(
             &mut s,
             &mut io,
@@ -1222,15 +1202,9 @@ mod tests {
 
     #[test]
     fn once_pings_each_target_one_round_then_is_idle() {
-        let t0 = Instant::now();
         let mut p = plan(settings(60, 3, 500), 10.0);
         p.once = true;
-        let mut s = Schedule::new(p, t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(1)),
-            ..Fake::default()
-        };
-        s.set_targets(&targets(5), t0, WALL0);
+        let (t0, mut s, mut io) = start(p, &targets(5), Some(1));
         assert!(!s.idle());
         drive(
             &mut s,
