@@ -486,9 +486,10 @@ impl Agent {
 
 /// What to grant when no ICMP socket can be opened.
 pub const NO_PERMISSION_HELP: &str = "the agent needs CAP_NET_RAW for raw ICMP sockets \
-(its systemd unit grants it; or run it as root, or `setcap cap_net_raw+ep` on the binary), \
+(run it from its systemd unit, which grants it with AmbientCapabilities=CAP_NET_RAW, or as root, \
+or grant the binary the capability with `setcap cap_net_raw+ep /usr/sbin/swarming-agent`), \
 or its group allowed to open datagram ping sockets \
-(sysctl net.ipv4.ping_group_range=\"GID GID\")";
+(`sysctl net.ipv4.ping_group_range=\"GID GID\"`)";
 
 /// One human line: link, mode, targets, interval, echoes, queue, skips.
 pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
