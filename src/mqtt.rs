@@ -24,12 +24,6 @@ const BATCH: usize = WINDOW / 2;
 /// Longest a result waits for a batch to fill.
 const LINGER: Duration = Duration::from_millis(100);
 
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
 /// Largest incoming packet accepted by the client, in bytes. Larger than any
 /// payload we accept, so an oversized publish is refused by us (counted,
 /// logged) rather than by rumqttc (which would drop the connection).
@@ -266,6 +260,13 @@ pub async fn run_agent_link(
     }
 }
 
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A lifecycle notice with the sender's instance id (an extra field the
 /// contract allows: readers ignore unknown fields).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -317,10 +318,17 @@ struct ClashWatch {
 impl ClashWatch {
     /// A notice on our own rip topic; `Some(description)` on a clash.
     fn notice(&mut self, cfg: &LinkConfig, payload: &[u8]) -> Option<String> {
+        if payload.len() > protocol::MAX_RESULT_BYTES {
+            return None;
+        }
         let n: AgentRip = serde_json::from_slice(payload).ok()?;
         let other = n.instance?;
         if other == cfg.instance {
             return None;
+        }
+        // Anyone may publish here: keep the memory bounded.
+        if self.foreign.len() >= 64 && !self.foreign.contains_key(&other) {
+            self.foreign.clear();
         }
         let seen = self.foreign.entry(other.clone()).or_insert(0);
         *seen += 1;
@@ -651,6 +659,33 @@ mod tests {
         let got: Vec<_> = std::iter::from_fn(|| o.pop()).collect();
         assert_eq!(got, vec![m(1), m(3), m(4)]);
         assert_eq!(o.dropped(), 3);
+    }
+
+    #[test]
+    fn a_name_clash_is_told_by_repeated_foreign_notices_or_closures() {
+        let cfg = LinkConfig {
+            name: "twin".into(),
+            instance: "aaaa".into(),
+            brokers: vec![],
+            keepalive: Duration::from_secs(1),
+        };
+        let broker: Broker = "127.0.0.1:1883".parse().unwrap();
+        let mut w = ClashWatch::default();
+        let ours = br#"{"agent":"twin","reason":"lost","instance":"aaaa"}"#;
+        let theirs = br#"{"agent":"twin","reason":"lost","instance":"bbbb"}"#;
+        assert_eq!(w.notice(&cfg, ours), None);
+        assert_eq!(w.notice(&cfg, b"garbage"), None);
+        // One foreign will may be our own previous run; two is a clash.
+        assert_eq!(w.notice(&cfg, theirs), None);
+        let clash = w.notice(&cfg, theirs).expect("a clash");
+        assert!(clash.contains("bbbb") && clash.contains("twin"), "{clash}");
+        // Timeouts say nothing; the third closure by the broker does.
+        let mut w = ClashWatch::default();
+        assert_eq!(w.session_lost(&cfg, &broker, false), None);
+        assert_eq!(w.session_lost(&cfg, &broker, true), None);
+        assert_eq!(w.session_lost(&cfg, &broker, true), None);
+        let clash = w.session_lost(&cfg, &broker, true).expect("a clash");
+        assert!(clash.contains("swarming-agent-twin"), "{clash}");
     }
 
     #[test]
