@@ -2,9 +2,9 @@
 //! its results to the MQTT link.
 //!
 //! All targets run in one scheduling loop ([`crate::ping`]); rounds start at
-//! wall-clock slots spread evenly over the interval, in an order hashed
-//! from (agent, instance, target), so different agents do not hit a target
-//! at the same moment.
+//! wall-clock slots spread over the interval by a hash of (agent, instance,
+//! target), so different agents do not hit a target at the same moment and
+//! two agents of one name do not publish the same timestamps.
 
 pub mod once;
 
@@ -77,8 +77,13 @@ pub fn to_result(identity: &Identity, r: RoundResult) -> PingResult {
         labels: identity.labels.clone(),
         target: r.target.as_str().to_owned(),
         addr: r.addr,
-        timestamp: humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.slot_ms))
-            .to_string(),
+        timestamp: humantime::format_rfc3339_millis(
+            UNIX_EPOCH
+                // humantime cannot write years past 9999.
+                .checked_add(Duration::from_millis(r.slot_ms.min(253_402_300_799_999)))
+                .unwrap_or(UNIX_EPOCH),
+        )
+        .to_string(),
         interval: r.interval.as_secs_f64(),
         sent: r.sent,
         received,
@@ -97,7 +102,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Applies a new target list: added targets start, removed ones stop,
-    /// unchanged ones keep their slot unless the even spread moves it.
+    /// unchanged ones keep their slot (unless a dense list's even spread
+    /// moves it a little).
     /// Lists longer than `max_targets` are cut (logged).
     pub fn apply(&mut self, mut targets: Vec<Target>) {
         if targets.len() > self.max_targets {
