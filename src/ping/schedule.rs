@@ -250,7 +250,9 @@ impl Schedule {
     fn mono(&self, wall_ms: u64) -> Instant {
         let (m, w) = self.anchor;
         if wall_ms >= w {
-            m + Duration::from_millis(wall_ms - w)
+            // A slot centuries away (a clock gone mad) must not overflow.
+            m.checked_add(Duration::from_millis(wall_ms - w))
+                .unwrap_or(m + Duration::from_secs(100 * 365 * 86_400))
         } else {
             m.checked_sub(Duration::from_millis(w - wall_ms))
                 .unwrap_or(m)
