@@ -673,6 +673,13 @@ impl AgentSettings {
                 "must be shorter than ping.interval",
             ));
         }
+        if interval > Duration::from_secs(86_400) {
+            return Err(ConfigError::invalid(
+                file,
+                "ping.interval",
+                "must be at most 1 day",
+            ));
+        }
         if raw.limits.max_targets == 0 {
             return Err(ConfigError::invalid(
                 file,

@@ -18,6 +18,12 @@ use crate::protocol::{self, Rip, RipReason};
 
 /// Publishes handed to rumqttc and not yet acknowledged, at most.
 const WINDOW: usize = 64;
+/// Results handed over together (and the room needed in the window to do
+/// so).
+const BATCH: usize = WINDOW / 2;
+/// Longest a result waits for a batch to fill.
+const LINGER: Duration = Duration::from_millis(100);
+
 /// Largest incoming packet accepted by the client, in bytes. Larger than any
 /// payload we accept, so an oversized publish is refused by us (counted,
 /// logged) rather than by rumqttc (which would drop the connection).
@@ -256,6 +262,13 @@ pub async fn run_agent_link(
     }
 }
 
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A lifecycle notice with the sender's instance id (an extra field the
 /// contract allows: readers ignore unknown fields).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -310,10 +323,17 @@ struct ClashWatch {
 impl ClashWatch {
     /// A notice on our own rip topic; `Some(description)` on a clash.
     fn notice(&mut self, cfg: &LinkConfig, payload: &[u8]) -> Option<String> {
+        if payload.len() > protocol::MAX_RESULT_BYTES {
+            return None;
+        }
         let n: AgentRip = serde_json::from_slice(payload).ok()?;
         let other = n.instance?;
         if other == cfg.instance {
             return None;
+        }
+        // Anyone may publish here: keep the memory bounded.
+        if self.foreign.len() >= 64 && !self.foreign.contains_key(&other) {
+            self.foreign.clear();
         }
         let seen = self.foreign.entry(other.clone()).or_insert(0);
         *seen += 1;
@@ -512,10 +532,32 @@ async fn agent_session(
     };
     let mut draining = false;
     let mut notice_sent = false;
+    // Results go out in batches: a batch of publishes written back to back
+    // leaves in few TCP segments (Nagle holds the small writes behind the
+    // first unacknowledged one) and its PUBACKs come back together, instead
+    // of a transmit, a broker wake-up and a PUBACK read per result. Still
+    // one result per message.
+    let mut linger: Option<tokio::time::Instant> = None;
     loop {
-        // Feed the window. try_publish cannot fail for lack of room: the
-        // request channel holds more than WINDOW.
-        while inflight.len() < WINDOW {
+        let queued = h.outbox.len();
+        let due =
+            draining || queued >= BATCH || linger.is_some_and(|t| t <= tokio::time::Instant::now());
+        if queued == 0 {
+            linger = None;
+        } else if linger.is_none() {
+            linger = Some(tokio::time::Instant::now() + LINGER);
+        }
+        // Feed the window, a batch at a time. try_publish cannot fail for
+        // lack of room: the request channel holds more than WINDOW.
+        let room = if due && inflight.len() <= WINDOW - BATCH {
+            WINDOW
+        } else {
+            0
+        };
+        if room > 0 && queued > 0 {
+            linger = None;
+        }
+        while inflight.len() < room {
             let Some(m) = h.outbox.pop() else { break };
             match client.try_publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone()) {
                 Ok(()) => inflight.push_back(m),
@@ -585,7 +627,8 @@ async fn agent_session(
                     }
                 }
             }
-            _ = h.outbox.notified(), if inflight.len() < WINDOW => {}
+            _ = h.outbox.notified(), if inflight.len() <= WINDOW - BATCH && linger.is_none() => {}
+            _ = sleep_until_some(linger), if inflight.len() <= WINDOW - BATCH => {}
             _ = drain.cancelled(), if !draining => draining = true,
             changed = config.changed() => {
                 if changed.is_err() {
@@ -627,6 +670,34 @@ mod tests {
         let got: Vec<_> = std::iter::from_fn(|| o.pop()).collect();
         assert_eq!(got, vec![m(1), m(3), m(4)]);
         assert_eq!(o.dropped(), 3);
+    }
+
+    #[test]
+    fn a_name_clash_is_told_by_repeated_foreign_notices_or_closures() {
+        let cfg = LinkConfig {
+            name: "twin".into(),
+            instance: "aaaa".into(),
+            brokers: vec![],
+            keepalive: Duration::from_secs(1),
+            auth: Default::default(),
+        };
+        let broker: Broker = "127.0.0.1:1883".parse().unwrap();
+        let mut w = ClashWatch::default();
+        let ours = br#"{"agent":"twin","reason":"lost","instance":"aaaa"}"#;
+        let theirs = br#"{"agent":"twin","reason":"lost","instance":"bbbb"}"#;
+        assert_eq!(w.notice(&cfg, ours), None);
+        assert_eq!(w.notice(&cfg, b"garbage"), None);
+        // One foreign will may be our own previous run; two is a clash.
+        assert_eq!(w.notice(&cfg, theirs), None);
+        let clash = w.notice(&cfg, theirs).expect("a clash");
+        assert!(clash.contains("bbbb") && clash.contains("twin"), "{clash}");
+        // Timeouts say nothing; the third closure by the broker does.
+        let mut w = ClashWatch::default();
+        assert_eq!(w.session_lost(&cfg, &broker, false), None);
+        assert_eq!(w.session_lost(&cfg, &broker, true), None);
+        assert_eq!(w.session_lost(&cfg, &broker, true), None);
+        let clash = w.session_lost(&cfg, &broker, true).expect("a clash");
+        assert!(clash.contains("swarming-agent-twin"), "{clash}");
     }
 
     #[test]

@@ -434,6 +434,7 @@ async fn config_errors_name_the_file_and_the_key() {
     let cases = [
         ("ping: {interval: 60s, cuont: 5}\n", "ping.cuont"),
         ("ping: {interval: soon}\n", "ping.interval"),
+        ("ping: {interval: 400d}\n", "ping.interval"),
         ("brokers: []\n", "brokers"),
         ("brokers: [\"https://h:8883\"]\n", "brokers[0]"),
         ("keepalive: 10ms\n", "keepalive"),

@@ -2,9 +2,9 @@
 //! its results to the MQTT link.
 //!
 //! All targets run in one scheduling loop ([`crate::ping`]); rounds start at
-//! wall-clock slots spread evenly over the interval, in an order hashed
-//! from (agent, instance, target), so different agents do not hit a target
-//! at the same moment.
+//! wall-clock slots spread over the interval by a hash of (agent, instance,
+//! target), so different agents do not hit a target at the same moment and
+//! two agents of one name do not publish the same timestamps.
 
 pub mod once;
 
@@ -50,6 +50,20 @@ pub fn plan(settings: &AgentSettings, instance: &str, once: bool) -> Plan {
     }
 }
 
+/// Says so when a full list (`max_targets`) would need more echoes per
+/// second than `max_rate`: the interval would then be stretched.
+fn warn_if_full_list_stretches(s: &AgentSettings) {
+    let needed = s.max_targets as f64 * f64::from(s.ping.count) / s.ping.interval.as_secs_f64();
+    if needed > s.max_rate {
+        tracing::info!(
+            max_targets = s.max_targets,
+            max_rate = s.max_rate,
+            stretched_interval_s = s.max_targets as f64 * f64::from(s.ping.count) / s.max_rate,
+            "a list of limits.max_targets targets would need {needed:.1} echoes/s, more than limits.max_rate: its interval would be stretched"
+        );
+    }
+}
+
 /// A fresh random instance id: tells two agents of the same name apart.
 pub fn new_instance() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -63,8 +77,13 @@ pub fn to_result(identity: &Identity, r: RoundResult) -> PingResult {
         labels: identity.labels.clone(),
         target: r.target.as_str().to_owned(),
         addr: r.addr,
-        timestamp: humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.slot_ms))
-            .to_string(),
+        timestamp: humantime::format_rfc3339_millis(
+            UNIX_EPOCH
+                // humantime cannot write years past 9999.
+                .checked_add(Duration::from_millis(r.slot_ms.min(253_402_300_799_999)))
+                .unwrap_or(UNIX_EPOCH),
+        )
+        .to_string(),
         interval: r.interval.as_secs_f64(),
         sent: r.sent,
         received,
@@ -87,7 +106,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Applies a new target list: added targets start, removed ones stop,
-    /// unchanged ones keep their slot unless the even spread moves it.
+    /// unchanged ones keep their slot (unless a dense list's even spread
+    /// moves it a little).
     /// Lists longer than `max_targets` are cut (logged).
     pub fn apply(&mut self, mut targets: Vec<Target>) {
         if targets.len() > self.max_targets {
@@ -244,6 +264,7 @@ impl Agent {
     pub fn start(settings: AgentSettings) -> Result<Agent, StartError> {
         let sockets = Sockets::open()?;
         let mode = sockets.mode;
+        warn_if_full_list_stretches(&settings);
         tracing::info!(mode = ?mode, "ICMP echo through {}", mode.describe());
         let instance = new_instance();
         let outbox = Arc::new(Outbox::new(settings.max_queued));
@@ -414,6 +435,12 @@ impl Agent {
         if new.max_rate != old.max_rate {
             changed.push("limits.max_rate");
         }
+        if new.ping != old.ping
+            || new.max_rate != old.max_rate
+            || new.max_targets != old.max_targets
+        {
+            warn_if_full_list_stretches(&new);
+        }
         if new.ping != old.ping || new.max_rate != old.max_rate || new.name != old.name {
             self.plan_tx.send_replace(plan(&new, &self.instance, false));
         }
@@ -523,10 +550,10 @@ impl Agent {
 
 /// What to grant when no ICMP socket can be opened.
 pub const NO_PERMISSION_HELP: &str = "the agent needs CAP_NET_RAW for raw ICMP sockets \
-(its systemd unit grants it with AmbientCapabilities=CAP_NET_RAW; or run it as root, \
-or `setcap cap_net_raw+ep /usr/sbin/swarming-agent`), \
+(run it from its systemd unit, which grants it with AmbientCapabilities=CAP_NET_RAW, or as root, \
+or grant the binary the capability with `setcap cap_net_raw+ep /usr/sbin/swarming-agent`), \
 or its group allowed to open datagram ping sockets \
-(sysctl net.ipv4.ping_group_range=\"GID GID\")";
+(`sysctl net.ipv4.ping_group_range=\"GID GID\"`)";
 
 /// One human line: link, mode, targets, interval, echoes, queue, skips.
 pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
@@ -550,10 +577,13 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
     } else {
         String::new()
     };
-    let clash = match &*v.clash.borrow() {
+    let mut clash = match &*v.clash.borrow() {
         Some(c) => format!("NAME CLASH: {c}; "),
         None => String::new(),
     };
+    if e.ended.load(Ordering::Relaxed) {
+        clash.insert_str(0, "ICMP LOOP STOPPED; ");
+    }
     format!(
         "{clash}{link}; {mode}; {} targets every {}s{stretched}; {} rounds, {} slots skipped; last period {}/{} echoes answered; {} queued, {} dropped; {} refused by rules, {} watch lists refused",
         *v.targets.borrow(),

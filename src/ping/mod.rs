@@ -49,6 +49,8 @@ pub struct EngineStats {
     pub clock_steps: AtomicU64,
     /// Interval in effect, milliseconds (stretched when needed).
     pub interval_ms: AtomicU64,
+    /// The loop has ended (stopped, or failed: logged).
+    pub ended: std::sync::atomic::AtomicBool,
 }
 
 impl EngineStats {
@@ -88,7 +90,23 @@ impl Engine {
         let stats = Arc::new(EngineStats::default());
         let mode = sockets.mode;
         let looped = Loop::new(sockets, plan, guard, tx.clone(), stats.clone())?;
-        tracker.spawn(looped.run(rx, sink, stop, false));
+        let stopped = stop.clone();
+        let loop_stats = stats.clone();
+        let inner = tokio::spawn(looped.run(rx, sink, stop, false));
+        // Supervises the loop: its end is logged and shown in the status.
+        tracker.spawn(async move {
+            let outcome = inner.await;
+            loop_stats.ended.store(true, Ordering::Relaxed);
+            match outcome {
+                Err(e) => {
+                    tracing::error!(error = %e, "the ICMP loop failed: no more echoes are sent")
+                }
+                Ok(()) if !stopped.is_cancelled() => {
+                    tracing::error!("the ICMP loop ended: no more echoes are sent")
+                }
+                Ok(()) => {}
+            }
+        });
         Ok(Engine { tx, stats, mode })
     }
 
@@ -167,14 +185,16 @@ struct LoopIo<'a> {
 }
 
 impl schedule::Io for LoopIo<'_> {
-    fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<()> {
+    fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<Instant> {
         let sock = match addr {
             IpAddr::V4(_) => self.v4,
             IpAddr::V6(_) => self
                 .v6
                 .ok_or_else(|| std::io::Error::other("no IPv6 ICMP socket on this host"))?,
         };
-        sock.get_ref().send(addr, self.ident, seq)
+        let at = Instant::now();
+        sock.get_ref().send(addr, self.ident, seq)?;
+        Ok(at)
     }
 
     fn resolve(&mut self, target: &Target, key: Key) {
@@ -223,7 +243,9 @@ impl Loop {
     ) {
         let now = Instant::now();
         let mut sched = Schedule::new(self.plan.clone(), now, unix_ms(SystemTime::now()));
-        let sleep = tokio::time::sleep_until(now + Duration::from_secs(3600));
+        let started_at = now;
+        let mut armed = now + Duration::from_secs(3600);
+        let sleep = tokio::time::sleep_until(armed);
         tokio::pin!(sleep);
         let mut started = false;
         loop {
@@ -242,9 +264,15 @@ impl Loop {
             if until_idle && started && sched.idle() {
                 break;
             }
-            sleep
-                .as_mut()
-                .reset(wake.unwrap_or(now + Duration::from_secs(3600)));
+            // Wake on a grid of ticks: sends due within one tick go out
+            // together.
+            let wake = wake.map_or(now + Duration::from_secs(3600), |w| {
+                on_grid(started_at, w, sched.tick())
+            });
+            if wake != armed {
+                sleep.as_mut().reset(wake);
+                armed = wake;
+            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
@@ -305,6 +333,15 @@ impl Loop {
     }
 }
 
+/// The first point of the grid `origin + k * tick` at or after `at`.
+fn on_grid(origin: Instant, at: Instant, tick: Duration) -> Instant {
+    let tick_ns = tick.as_nanos().max(1);
+    let since = at.saturating_duration_since(origin).as_nanos();
+    let k = since.div_ceil(tick_ns);
+    let offset = k.saturating_mul(tick_ns);
+    origin + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
+}
+
 fn register(s: IcmpSocket) -> std::io::Result<AsyncFd<IcmpSocket>> {
     // SAFETY: the socket owns its descriptor for as long as it lives, and
     // as_raw_fd always returns that one.
@@ -317,5 +354,22 @@ async fn readable(
     match fd {
         Some(fd) => fd.readable().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_ups_fall_on_a_grid_of_ticks() {
+        let o = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(on_grid(o, o, ms(50)), o);
+        assert_eq!(on_grid(o, o + ms(1), ms(50)), o + ms(50));
+        assert_eq!(on_grid(o, o + ms(50), ms(50)), o + ms(50));
+        assert_eq!(on_grid(o, o + ms(51), ms(50)), o + ms(100));
+        // Before the origin: the origin.
+        assert_eq!(on_grid(o + ms(10), o, ms(50)), o + ms(10));
     }
 }

@@ -30,6 +30,13 @@ use crate::protocol::Target;
 /// (logged, slots renamed); below it, a slew (followed quietly).
 const CLOCK_STEP_MS: i64 = 1000;
 const CLOCK_SLEW_MS: i64 = 50;
+/// Sends are grouped in ticks of this many echoes' worth of `max_rate`
+/// (between 1 ms and [`MAX_TICK`]): one wake-up sends a few echoes instead
+/// of one, which is most of the cost per echo. A round starts at most one
+/// tick after its slot, and the largest burst is one tick's worth plus one.
+const ECHOES_PER_TICK: f64 = 8.0;
+const MAX_TICK: Duration = Duration::from_millis(50);
+const MIN_TICK: Duration = Duration::from_millis(1);
 
 /// What the schedule runs on.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +52,8 @@ pub struct Plan {
 
 /// What the schedule asks of the outside world.
 pub trait Io {
-    /// Sends one echo request.
-    fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<()>;
+    /// Sends one echo request; returns the moment it left.
+    fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<Instant>;
     /// Resolves a name; the answer comes back through
     /// [`Schedule::on_resolved`] with `key`.
     fn resolve(&mut self, target: &Target, key: Key);
@@ -146,6 +153,7 @@ pub struct Schedule {
     plan: Plan,
     interval_ms: u64,
     period: Duration,
+    tick: Duration,
     entries: Vec<Option<Entry>>,
     free: Vec<u32>,
     index: HashMap<Target, u32>,
@@ -190,6 +198,7 @@ impl Schedule {
         let mut s = Schedule {
             interval_ms: 1,
             period: Duration::ZERO,
+            tick: MIN_TICK,
             plan,
             entries: Vec::new(),
             free: Vec::new(),
@@ -206,6 +215,13 @@ impl Schedule {
         };
         s.replan(now, wall_ms);
         s
+    }
+
+    /// How long sends may be held to go out together (see
+    /// [`ECHOES_PER_TICK`]): the caller wakes at most once per tick for
+    /// sends.
+    pub fn tick(&self) -> Duration {
+        self.tick
     }
 
     /// The interval in effect, stretched when the rate limit requires it.
@@ -234,7 +250,9 @@ impl Schedule {
     fn mono(&self, wall_ms: u64) -> Instant {
         let (m, w) = self.anchor;
         if wall_ms >= w {
-            m + Duration::from_millis(wall_ms - w)
+            // A slot centuries away (a clock gone mad) must not overflow.
+            m.checked_add(Duration::from_millis(wall_ms - w))
+                .unwrap_or(m + Duration::from_secs(100 * 365 * 86_400))
         } else {
             m.checked_sub(Duration::from_millis(w - wall_ms))
                 .unwrap_or(m)
@@ -316,6 +334,11 @@ impl Schedule {
         let ping = self.plan.ping;
         let rate = self.plan.max_rate.max(0.001);
         self.period = Duration::from_secs_f64(1.0 / rate);
+        // Never more than half an echo spacing: rounds must start within one.
+        self.tick = Duration::from_secs_f64(ECHOES_PER_TICK / rate)
+            .min(MAX_TICK)
+            .min(ping.spacing() / 2)
+            .max(MIN_TICK);
         let n = self.index.len() as u64;
         let wanted = ping.interval.as_millis() as u64;
         // Milliseconds needed for n * count echoes at max_rate.
@@ -445,14 +468,16 @@ impl Schedule {
                 self.entries[idx as usize].as_ref().map(|e| &e.state),
                 Some(State::Waiting { .. })
             );
-            let go = now.max(self.next_send);
+            let go = now.max(self.next_send.checked_sub(self.tick).unwrap_or(now));
             if starting && !self.plan.once {
                 let slot = match self.entries[idx as usize].as_ref().map(|e| &e.state) {
                     Some(State::Waiting { slot }) => *slot,
                     _ => 0,
                 };
                 let late = go.saturating_duration_since(self.mono(slot));
-                if late > self.plan.ping.spacing() {
+                // One spacing, or two ticks when the spacing is shorter
+                // than the timer can honour.
+                if late > self.plan.ping.spacing().max(self.tick * 2) {
                     self.queue.pop();
                     self.skip(idx, slot, now);
                     continue;
@@ -465,10 +490,9 @@ impl Schedule {
             self.queue.pop();
             self.fire(idx, now, io);
         }
-        let mut wake = self
-            .queue
-            .peek()
-            .map(|Reverse((at, ..))| (*at).max(self.next_send));
+        let mut wake = self.queue.peek().map(|Reverse((at, ..))| {
+            (*at).max(self.next_send.checked_sub(self.tick).unwrap_or(*at))
+        });
         if let Some(&(deadline, ..)) = self.timeouts.front() {
             wake = Some(wake.map_or(deadline, |w| w.min(deadline)));
         }
@@ -589,13 +613,16 @@ impl Schedule {
         let seq = self.alloc_seq();
         self.next_send = self.next_send.max(now) + self.period;
         let outcome = match (addr, seq) {
-            (Some(addr), Some(seq)) => io.send(addr, seq).map(|()| seq).map_err(|e| e.to_string()),
+            (Some(addr), Some(seq)) => io
+                .send(addr, seq)
+                .map(|at| (seq, at))
+                .map_err(|e| e.to_string()),
             (None, _) => Err("no address".to_owned()),
             (_, None) => Err("too many echoes in flight".to_owned()),
         };
         let ok = outcome.is_ok();
         match outcome {
-            Ok(seq) => {
+            Ok((seq, sent_at)) => {
                 self.next_serial += 1;
                 let serial = self.next_serial;
                 self.flights.insert(
@@ -605,11 +632,12 @@ impl Schedule {
                         id,
                         slot,
                         echo: m,
-                        sent_at: now,
+                        sent_at,
                         serial,
                     },
                 );
-                self.timeouts.push_back((now + ping.timeout, seq, serial));
+                self.timeouts
+                    .push_back((sent_at + ping.timeout, seq, serial));
                 self.counters.sent += 1;
             }
             Err(err) => {
@@ -774,13 +802,13 @@ mod tests {
     }
 
     impl Io for Fake {
-        fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<()> {
+        fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<Instant> {
             let now = self.now.expect("time set");
             self.sends.push((now, addr, seq));
             if let Some(rtt) = self.rtt {
                 self.replies.push_back((now + rtt, addr, seq));
             }
-            Ok(())
+            Ok(now)
         }
         fn resolve(&mut self, target: &Target, key: Key) {
             self.resolves.push((target.clone(), key));
@@ -845,6 +873,19 @@ mod tests {
         }
     }
 
+    /// A schedule at `t0` running `list`, and a world answering after
+    /// `rtt_ms` (never when `None`).
+    fn start(plan: Plan, list: &[Target], rtt_ms: Option<u64>) -> (Instant, Schedule, Fake) {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(plan, t0, WALL0);
+        let io = Fake {
+            rtt: rtt_ms.map(Duration::from_millis),
+            ..Fake::default()
+        };
+        s.set_targets(list, t0, WALL0);
+        (t0, s, io)
+    }
+
     fn targets(n: usize) -> Vec<Target> {
         (0..n)
             .map(|i| {
@@ -884,14 +925,8 @@ mod tests {
 
     #[test]
     fn results_are_stamped_with_their_slot_one_interval_apart() {
-        let t0 = Instant::now();
         let ping = settings(10, 3, 1000);
-        let mut s = Schedule::new(plan(ping, 100.0), t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(5)),
-            ..Fake::default()
-        };
-        s.set_targets(&targets(20), t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(ping, 100.0), &targets(20), Some(5));
         drive(
             &mut s,
             &mut io,
@@ -924,14 +959,8 @@ mod tests {
     fn a_list_beyond_max_rate_stretches_the_interval_and_never_falls_behind() {
         // The shipped example's limits: 1,000 targets x 5 / 60 s = 83/s
         // against max_rate 50.
-        let t0 = Instant::now();
         let ping = settings(60, 5, 2000);
-        let mut s = Schedule::new(plan(ping, 50.0), t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(1)),
-            ..Fake::default()
-        };
-        s.set_targets(&targets(1000), t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(ping, 50.0), &targets(1000), Some(1));
         assert_eq!(s.interval(), Duration::from_secs(100));
         drive(
             &mut s,
@@ -981,14 +1010,8 @@ mod tests {
 
     #[test]
     fn a_stall_skips_and_counts_slots_instead_of_replaying_them() {
-        let t0 = Instant::now();
         let ping = settings(10, 1, 1000);
-        let mut s = Schedule::new(plan(ping, 100.0), t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(2)),
-            ..Fake::default()
-        };
-        s.set_targets(&targets(10), t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(ping, 100.0), &targets(10), Some(2));
         drive(
             &mut s,
             &mut io,
@@ -1038,14 +1061,8 @@ mod tests {
     #[test]
     fn clock_steps_are_logged_not_replayed_and_do_not_silence() {
         for step_ms in [3_600_000i64, -3_600_000] {
-            let t0 = Instant::now();
             let ping = settings(10, 1, 1000);
-            let mut s = Schedule::new(plan(ping, 100.0), t0, WALL0);
-            let mut io = Fake {
-                rtt: Some(Duration::from_millis(2)),
-                ..Fake::default()
-            };
-            s.set_targets(&targets(10), t0, WALL0);
+            let (t0, mut s, mut io) = start(plan(ping, 100.0), &targets(10), Some(2));
             let at = t0 + Duration::from_secs(25);
             let step = move |t: Instant| if t >= at { step_ms } else { 0 };
             drive(
@@ -1104,10 +1121,7 @@ mod tests {
 
     #[test]
     fn replies_from_elsewhere_and_late_replies_are_ignored() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(plan(settings(10, 1, 1000), 100.0), t0, WALL0);
-        let mut io = Fake::default();
-        s.set_targets(&targets(1), t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(settings(10, 1, 1000), 100.0), &targets(1), None);
         drive(
             &mut s,
             &mut io,
@@ -1142,14 +1156,8 @@ mod tests {
 
     #[test]
     fn names_are_resolved_at_their_slot_and_failures_reported() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(plan(settings(10, 2, 500), 100.0), t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(3)),
-            ..Fake::default()
-        };
         let names: Vec<Target> = vec!["a.example".parse().unwrap(), "b.example".parse().unwrap()];
-        s.set_targets(&names, t0, WALL0);
+        let (t0, mut s, mut io) = start(plan(settings(10, 2, 500), 100.0), &names, Some(3));
         drive(
             &mut s,
             &mut io,
@@ -1196,15 +1204,9 @@ mod tests {
 
     #[test]
     fn once_pings_each_target_one_round_then_is_idle() {
-        let t0 = Instant::now();
         let mut p = plan(settings(60, 3, 500), 10.0);
         p.once = true;
-        let mut s = Schedule::new(p, t0, WALL0);
-        let mut io = Fake {
-            rtt: Some(Duration::from_millis(1)),
-            ..Fake::default()
-        };
-        s.set_targets(&targets(5), t0, WALL0);
+        let (t0, mut s, mut io) = start(p, &targets(5), Some(1));
         assert!(!s.idle());
         drive(
             &mut s,
