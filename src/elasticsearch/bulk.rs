@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -175,10 +175,15 @@ pub(super) fn item_outcome(status: u16, reason: String) -> ItemOutcome {
 impl EsClient {
     pub(super) fn bulk_body(&self, docs: &[BulkDoc]) -> Vec<u8> {
         let mut body = Vec::with_capacity(docs.iter().map(|d| d.source.len() + 100).sum());
+        // The action line, written directly (no JSON tree per document);
+        // both strings are JSON-escaped.
+        let index = Value::from(self.index.as_str()).to_string();
         for d in docs {
-            let action = json!({ "create": { "_index": self.index, "_id": d.id } });
-            body.extend_from_slice(action.to_string().as_bytes());
-            body.push(b'\n');
+            body.extend_from_slice(b"{\"create\":{\"_index\":");
+            body.extend_from_slice(index.as_bytes());
+            body.extend_from_slice(b",\"_id\":");
+            body.extend_from_slice(Value::from(d.id.as_str()).to_string().as_bytes());
+            body.extend_from_slice(b"}}\n");
             body.extend_from_slice(d.source.as_bytes());
             body.push(b'\n');
         }
