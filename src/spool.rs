@@ -369,7 +369,19 @@ impl Spool {
                         }
                         Frame::Stop => break 'segments,
                         Frame::Damaged(why) => {
+                            // Acknowledged records may follow the bad
+                            // frame: move every valid one found past it to
+                            // the end of the spool, then forget the rest.
+                            let found = salvage(&path, pos.end).unwrap_or_default();
                             self.lose_tail(idx, pos, why);
+                            if !found.is_empty() {
+                                match self.append(&found) {
+                                    Ok(()) => warn!(records = found.len(),
+                                        "records found past the damage kept at the end of the spool"),
+                                    Err(e) => warn!(records = found.len(), error = %e,
+                                        "records found past the damage could not be kept"),
+                                }
+                            }
                             break;
                         }
                     }
@@ -1203,7 +1215,7 @@ mod tests {
     }
 
     #[test]
-    fn corruption_found_while_reading_skips_the_rest() {
+    fn corruption_found_while_reading_loses_only_the_bad_record() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), BUDGET).unwrap();
         let recs: Vec<Vec<u8>> = (0..4).map(|i| rec(i, 200)).collect();
@@ -1212,13 +1224,24 @@ mod tests {
         let mut bytes = fs::read(&seg).unwrap();
         bytes[208 + 8 + 10] ^= 0xff;
         fs::write(&seg, &bytes).unwrap();
+        // Only the bad record is lost: the ones behind it are kept (moved
+        // to the end of the spool, and read on).
         let batch = spool.read(10, usize::MAX).unwrap();
-        assert_eq!(payloads(&batch), recs[..1].to_vec());
+        let kept = vec![recs[0].clone(), recs[2].clone(), recs[3].clone()];
+        assert_eq!(payloads(&batch), kept);
         assert_eq!(spool.corrupt(), 1);
-        assert_eq!(spool.len(), 1);
+        assert_eq!(spool.len(), 3);
         // New records go to a fresh segment and follow.
         spool.append(&[rec(8, 10)]).unwrap();
-        assert_eq!(drain(&mut spool), vec![recs[0].clone(), rec(8, 10)]);
+        assert_eq!(
+            drain(&mut spool),
+            vec![
+                recs[0].clone(),
+                recs[2].clone(),
+                recs[3].clone(),
+                rec(8, 10)
+            ]
+        );
     }
 
     #[test]
