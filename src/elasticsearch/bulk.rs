@@ -182,7 +182,14 @@ impl EsClient {
             body.extend_from_slice(b"{\"create\":{\"_index\":");
             body.extend_from_slice(index.as_bytes());
             body.extend_from_slice(b",\"_id\":");
-            body.extend_from_slice(Value::from(d.id.as_str()).to_string().as_bytes());
+            if d.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                // Our ids (hex): nothing to escape.
+                body.push(b'"');
+                body.extend_from_slice(d.id.as_bytes());
+                body.push(b'"');
+            } else {
+                body.extend_from_slice(Value::from(d.id.as_str()).to_string().as_bytes());
+            }
             body.extend_from_slice(b"}}\n");
             body.extend_from_slice(d.source.as_bytes());
             body.push(b'\n');
