@@ -15,6 +15,7 @@ use tracing::{debug, error, warn};
 use crate::document::{self, DocumentError};
 use crate::protocol::{PingResult, Rip};
 
+use super::client::{error_message, error_reason};
 use super::*;
 
 /// One document to index: its id and its JSON source, serialized once.
