@@ -141,6 +141,10 @@ pub struct Spool {
     /// The last segment may hold bytes past `len` (failed write, damage
     /// found while reading): the next append must start a new segment.
     writer_sealed: bool,
+    /// The last append failed (typically a full disk): a commit that
+    /// consumes the whole last segment then replaces it with an empty one,
+    /// so its space comes back.
+    write_failed: bool,
     /// The consumer's position; always inside the first segment.
     head: Position,
     dropped: u64,
@@ -283,6 +287,7 @@ impl Spool {
             segments,
             writer,
             writer_sealed: false,
+            write_failed: false,
             head,
             dropped: 0,
             corrupt,
@@ -369,7 +374,19 @@ impl Spool {
                         }
                         Frame::Stop => break 'segments,
                         Frame::Damaged(why) => {
+                            // Acknowledged records may follow the bad
+                            // frame: move every valid one found past it to
+                            // the end of the spool, then forget the rest.
+                            let found = salvage(&path, pos.end).unwrap_or_default();
                             self.lose_tail(idx, pos, why);
+                            if !found.is_empty() {
+                                match self.append(&found) {
+                                    Ok(()) => warn!(records = found.len(),
+                                        "records found past the damage kept at the end of the spool"),
+                                    Err(e) => warn!(records = found.len(), error = %e,
+                                        "records found past the damage could not be kept"),
+                                }
+                            }
                             break;
                         }
                     }
@@ -419,6 +436,16 @@ impl Spool {
         }
         self.head = upto;
         self.collect_consumed();
+        let last = self.last();
+        if self.write_failed && self.segments.len() == 1 && self.head.end >= last.len {
+            // Everything is consumed but the last segment keeps its bytes:
+            // start an empty one (a new file needs no data blocks) and
+            // delete the old.
+            match self.rotate() {
+                Ok(()) => self.write_failed = false,
+                Err(e) => warn!(error = %e, "cannot start a new spool segment to free space"),
+            }
+        }
         match persisted {
             Ok(()) => Ok(()),
             // Space may have been freed just now.
@@ -484,6 +511,7 @@ impl Spool {
             .write_all(buf)
             .and_then(|()| self.writer.sync_data());
         if let Err(e) = written {
+            self.write_failed = true;
             // The file may now hold part of the batch past `len`: cut it
             // back. Why seal when that fails: appending after the partial
             // batch would misplace positions (a new segment is started).
@@ -503,6 +531,7 @@ impl Spool {
             }
             return Err(io_err("write segment", &path)(e));
         }
+        self.write_failed = false;
         if let Some(seg) = self.segments.back_mut() {
             seg.len += buf.len() as u64;
             seg.disk = seg.disk.max(seg.len);
@@ -1203,7 +1232,7 @@ mod tests {
     }
 
     #[test]
-    fn corruption_found_while_reading_skips_the_rest() {
+    fn corruption_found_while_reading_loses_only_the_bad_record() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), BUDGET).unwrap();
         let recs: Vec<Vec<u8>> = (0..4).map(|i| rec(i, 200)).collect();
@@ -1212,13 +1241,24 @@ mod tests {
         let mut bytes = fs::read(&seg).unwrap();
         bytes[208 + 8 + 10] ^= 0xff;
         fs::write(&seg, &bytes).unwrap();
+        // Only the bad record is lost: the ones behind it are kept (moved
+        // to the end of the spool, and read on).
         let batch = spool.read(10, usize::MAX).unwrap();
-        assert_eq!(payloads(&batch), recs[..1].to_vec());
+        let kept = vec![recs[0].clone(), recs[2].clone(), recs[3].clone()];
+        assert_eq!(payloads(&batch), kept);
         assert_eq!(spool.corrupt(), 1);
-        assert_eq!(spool.len(), 1);
+        assert_eq!(spool.len(), 3);
         // New records go to a fresh segment and follow.
         spool.append(&[rec(8, 10)]).unwrap();
-        assert_eq!(drain(&mut spool), vec![recs[0].clone(), rec(8, 10)]);
+        assert_eq!(
+            drain(&mut spool),
+            vec![
+                recs[0].clone(),
+                recs[2].clone(),
+                recs[3].clone(),
+                rec(8, 10)
+            ]
+        );
     }
 
     #[test]
@@ -1320,6 +1360,59 @@ mod tests {
             Err(SpoolError::InvalidPosition(_))
         ));
         assert_eq!(spool.len(), 1);
+    }
+
+    /// A tmpfs of `bytes` on a fresh directory (the test runs as root, as
+    /// the project's test suite does), unmounted on drop.
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn mount(bytes: u64) -> SmallFs {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mounting a tmpfs needs root");
+            SmallFs(dir)
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn on_a_full_disk_commits_free_segments_and_appends_resume() {
+        // 192 KiB of disk for a 1 MiB budget: the disk fills first.
+        let fs = SmallFs::mount(192 * 1024);
+        let mut spool = Spool::open(fs.0.path(), 1024 * 1024).unwrap();
+        let mut appended = 0;
+        let full = loop {
+            match spool.append(&[rec(appended, 4000)]) {
+                Ok(()) => appended += 1,
+                Err(e) => break e,
+            }
+            assert!(appended < 1000, "the disk never filled");
+        };
+        assert!(full.to_string().contains("write"), "{full}");
+        // Everything appended is there; a failed append left no trace.
+        let batch = spool.read(usize::MAX, usize::MAX).unwrap();
+        assert_eq!(batch.len(), appended);
+        // Committing all of it frees the consumed segments even though the
+        // head file cannot be written first on the full disk...
+        let _ = spool.commit(batch.last().unwrap().0);
+        assert!(spool.is_empty());
+        // ...so appends work again, and nothing is read twice.
+        spool.append(&[rec(9999, 4000)]).unwrap();
+        assert_eq!(drain(&mut spool), vec![rec(9999, 4000)]);
     }
 
     #[tokio::test]

@@ -424,14 +424,14 @@ async fn a_returning_broker_is_resubscribed_within_two_seconds() {
     idx.wait_log_after(mark, &["subscribed to ping/+"], 2 * SEC)
         .await;
     // And it takes results again.
-    publish(
-        a.port,
-        "ping/127.0.0.1",
-        &result_json("ag", "127.0.0.1", &ts(0)),
-        false,
-    )
-    .await;
+    publish_at(a.port, 0).await;
     wait_written(&mut idx, 1).await;
+}
+
+/// Publishes agent `ag`'s result for 127.0.0.1 at minute `m` of [`ts`].
+async fn publish_at(port: u16, m: u32) {
+    let r = result_json("ag", "127.0.0.1", &ts(m));
+    publish(port, "ping/127.0.0.1", &r, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,13 +446,7 @@ async fn a_full_disk_holds_the_acks_tears_no_line_and_loses_nothing() {
     // One page left: the next batches fill it, and one fails part way.
     fs.fill(4096);
     for i in 5..45 {
-        publish(
-            a.port,
-            "ping/127.0.0.1",
-            &result_json("ag", "127.0.0.1", &ts(i)),
-            false,
-        )
-        .await;
+        publish_at(a.port, i).await;
     }
     idx.wait_log(&["cannot write", "retrying"], 10 * SEC).await;
     // Whatever is in the file is whole lines (lines() parses each one).

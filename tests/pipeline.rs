@@ -234,18 +234,25 @@ fn bulk_items(es: &FakeEs) -> usize {
         .sum()
 }
 
+/// Starts an indexer with Elasticsearch down and has 10 results spooled
+/// (acknowledged, waiting for Elasticsearch).
+async fn spool_ten_while_es_is_down(a: &Mosquitto, es: &FakeEs, cfg: &Path) -> Daemon {
+    es.set_down(true).await;
+    let mut idx = start_indexer(cfg);
+    idx.wait_log(&["subscribed"], 10 * SEC).await;
+    publish_results(a.port, "ag", "127.0.0.1", 10).await;
+    idx.wait_log(&["documents written", "total=10"], 10 * SEC)
+        .await;
+    idx
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_spool_commit_backs_off_and_never_resends_the_batch() {
     let a = Mosquitto::start().await;
     let es = FakeEs::start(Flavor::Elasticsearch8).await;
     let fs = SmallFs::mount(1024 * 1024);
     let cfg = es_config(fs.path(), &[a.addr()], &[], &es.url());
-    es.set_down(true).await;
-    let mut idx = start_indexer(&cfg);
-    idx.wait_log(&["subscribed"], 10 * SEC).await;
-    publish_results(a.port, "ag", "127.0.0.1", 10).await;
-    idx.wait_log(&["documents written", "total=10"], 10 * SEC)
-        .await;
+    let mut idx = spool_ten_while_es_is_down(&a, &es, &cfg).await;
     // The disk fills up: the commit after delivery cannot be persisted.
     fs.fill(0);
     es.set_down(false).await;
@@ -266,12 +273,7 @@ async fn a_spool_read_error_is_retried_and_reported_not_the_end_of_the_drain() {
     let es = FakeEs::start(Flavor::Elasticsearch8).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = es_config(dir.path(), &[a.addr()], &[], &es.url());
-    es.set_down(true).await;
-    let mut idx = start_indexer(&cfg);
-    idx.wait_log(&["subscribed"], 10 * SEC).await;
-    publish_results(a.port, "ag", "127.0.0.1", 10).await;
-    idx.wait_log(&["documents written", "total=10"], 10 * SEC)
-        .await;
+    let mut idx = spool_ten_while_es_is_down(&a, &es, &cfg).await;
     // The segment becomes unreadable (gone from under the spool).
     let spool = dir.path().join("spool");
     let seg = std::fs::read_dir(&spool)

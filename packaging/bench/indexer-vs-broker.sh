@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Does the indexer keep up with its broker? One stock mosquitto (its
+# Does the indexer keep up with its broker? One mosquitto, first stock (its
 # defaults: 20 messages in flight and 1000 queued per client, then drops),
+# then with those limits lifted (max_inflight_messages 0,
+# max_queued_messages 0: what a broker feeding indexers should run with),
 # the same results published three ways, taken once by a plain
 # `mosquitto_sub -q 1` (the anchor) and once by swarming-indexer storing
 # into an Elasticsearch stand-in (packaging/bench/es-standin.py, whose own
@@ -55,9 +57,6 @@ while i < len(lines):
 PY
 }
 
-port=$(free_port)
-printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$work/m.conf"
-mosquitto -c "$work/m.conf" >/dev/null 2>&1 & mpid=$!; pids+=($mpid)
 esport=$(free_port)
 python3 packaging/bench/es-standin.py "$esport" & espid=$!; pids+=($espid)
 sleep 0.5
@@ -89,8 +88,15 @@ count_until_idle() {
 sub_count() { wc -l < "$work/sub.out"; }
 es_count() { curl -s "127.0.0.1:$esport/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
 
-printf '%-14s %9s %11s %11s %6s %9s %9s %9s  %s\n' mode published "sub/s" "indexer/s" ratio "idx us/r" "mosq us/r" "es us/r" "(delivered: sub, indexer)"
 run=0
+for broker in stock raised; do
+port=$(free_port)
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$work/m.conf"
+[ $broker = raised ] && printf 'max_inflight_messages 0\nmax_queued_messages 0\n' >> "$work/m.conf"
+mosquitto -c "$work/m.conf" >/dev/null 2>&1 & mpid=$!; pids+=($mpid)
+sleep 0.5
+echo "== mosquitto $broker"
+printf '%-14s %9s %11s %11s %6s %9s %9s %9s  %s\n' mode published "sub/s" "indexer/s" ratio "idx us/r" "mosq us/r" "es us/r" "(delivered: sub, indexer)"
 for mode in unpaced 10000 20000; do
     run=$((run + 1))
     if [ $mode = unpaced ]; then
@@ -127,7 +133,7 @@ state_dir: $work/state
 elasticsearch: {url: "http://127.0.0.1:$esport", flush_interval: 200ms}
 log: {level: warn}
 YAML
-    target/release/swarming-indexer -c "$work/indexer.yaml" --log stderr & ipid=$!; pids+=($ipid)
+    target/release/swarming-indexer -c "$work/indexer.yaml" --log stderr 2>>"$work/indexer.log" & ipid=$!; pids+=($ipid)
     sleep 1
     m0=$(ticks $mpid); i0=$(ticks $ipid); e0=$(ticks $espid)
     t0=$(date +%s.%N)
@@ -142,5 +148,7 @@ YAML
         printf "%-14s %9d %11.0f %11.0f %6.2f %9.1f %9.1f %9.1f  (%d, %d)\n", mode (mode == "unpaced" ? "" : "/s"), n, sr, ir, ir / sr,
             i / hz * 1e6 / d, m / hz * 1e6 / d, e / hz * 1e6 / d, sn, inn
         printf "%-14s mosquitto CPU per message delivered to mosquitto_sub: %s us\n", "", sm }'
+done
+kill $mpid; wait $mpid 2>/dev/null || true
 done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

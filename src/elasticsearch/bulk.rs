@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::document::{self, DocumentError};
 use crate::protocol::{PingResult, Rip};
 
+use super::client::{error_message, error_reason};
 use super::*;
 
 /// One document to index: its id and its JSON source, serialized once.
@@ -185,10 +186,22 @@ pub(super) fn item_outcome(status: u16, reason: String) -> ItemOutcome {
 impl EsClient {
     pub(super) fn bulk_body(&self, docs: &[BulkDoc]) -> Vec<u8> {
         let mut body = Vec::with_capacity(docs.iter().map(|d| d.source.len() + 100).sum());
+        // The action line, written directly (no JSON tree per document);
+        // both strings are JSON-escaped.
+        let index = Value::from(self.index.as_str()).to_string();
         for d in docs {
-            let action = json!({ "create": { "_index": self.index, "_id": d.id } });
-            body.extend_from_slice(action.to_string().as_bytes());
-            body.push(b'\n');
+            body.extend_from_slice(b"{\"create\":{\"_index\":");
+            body.extend_from_slice(index.as_bytes());
+            body.extend_from_slice(b",\"_id\":");
+            if d.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                // Our ids (hex): nothing to escape.
+                body.push(b'"');
+                body.extend_from_slice(d.id.as_bytes());
+                body.push(b'"');
+            } else {
+                body.extend_from_slice(Value::from(d.id.as_str()).to_string().as_bytes());
+            }
+            body.extend_from_slice(b"}}\n");
             body.extend_from_slice(d.source.as_bytes());
             body.push(b'\n');
         }

@@ -31,15 +31,6 @@ pub use dead_letter::DeadLetter;
 pub use server::{Distribution, ServerInfo};
 pub use templates::{ilm_policy, index_template, ism_policy};
 
-#[allow(unused_imports)]
-use bulk::*;
-#[allow(unused_imports)]
-use client::*;
-#[allow(unused_imports)]
-use server::*;
-#[allow(unused_imports)]
-use templates::*;
-
 /// Name of our composable index template.
 pub const TEMPLATE_NAME: &str = crate::kibana::UPTIME_TEMPLATE;
 /// Name of our ILM (Elasticsearch) or ISM (OpenSearch) policy.

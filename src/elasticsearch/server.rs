@@ -4,6 +4,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tracing::info;
 
+use super::client::{snippet, status_error};
 use super::*;
 
 /// Which server software answered.

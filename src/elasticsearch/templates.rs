@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use super::client::status_error;
 use super::*;
 
 /// Whether `name` matches a simple `*` wildcard pattern.

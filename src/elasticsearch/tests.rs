@@ -4,6 +4,10 @@ use serde_json::{json, Value};
 
 use crate::config::{EsAuth, EsSettings};
 
+use super::bulk::item_outcome;
+use super::client::{error_message, error_reason};
+use super::server::parse_version;
+use super::templates::pattern_matches;
 use super::*;
 
 fn info(d: Distribution, v: &str) -> ServerInfo {

@@ -134,10 +134,7 @@ pub async fn run(
             {
                 Ok(r) => r,
                 Err(e) => {
-                    d.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                    let delay = disk.next_delay();
-                    tracing::error!(error = %e, retry_ms = delay.as_millis() as u64, "cannot read the spool: retrying");
-                    comp.degraded(format!("cannot read the spool: {e}"));
+                    let delay = spool_fault(&d.stats.read_errors, "read", &e, &mut disk, &comp);
                     if pause(delay).await {
                         return Ok(());
                     }
@@ -205,9 +202,9 @@ pub async fn run(
             d.stats
                 .retried
                 .fetch_add(report.retries as u64, Ordering::Relaxed);
-            // Committed, even on a failed commit: records stored are not
-            // sent again by this process (a restart may resend them, and
-            // their ids make that harmless).
+            // A failed commit still moves the position in memory (see
+            // `Spool::commit`), so the batch is never sent again by this
+            // process; the retry after the backoff persists it.
             loop {
                 match d.spool.commit(last).await {
                     Ok(st) => {
@@ -217,10 +214,8 @@ pub async fn run(
                         break;
                     }
                     Err(e) => {
-                        d.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-                        let delay = disk.next_delay();
-                        tracing::error!(error = %e, retry_ms = delay.as_millis() as u64, "cannot commit the spool: retrying");
-                        comp.degraded(format!("cannot commit the spool: {e}"));
+                        let delay =
+                            spool_fault(&d.stats.commit_errors, "commit", &e, &mut disk, &comp);
                         if pause(delay).await {
                             return Ok(());
                         }
@@ -234,4 +229,20 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Counts, logs and shows a spool fault (`what`: read or commit); returns
+/// how long to wait before trying again.
+fn spool_fault(
+    counter: &std::sync::atomic::AtomicU64,
+    what: &str,
+    e: &crate::spool::SpoolError,
+    disk: &mut Backoff,
+    comp: &Component,
+) -> Duration {
+    counter.fetch_add(1, Ordering::Relaxed);
+    let delay = disk.next_delay();
+    tracing::error!(error = %e, retry_ms = delay.as_millis() as u64, "cannot {what} the spool: retrying");
+    comp.degraded(format!("cannot {what} the spool: {e}"));
+    delay
 }

@@ -42,11 +42,11 @@ use writer::{Outputs, WRITE_BATCH};
 
 /// Longest SIGTERM waits for the spool to drain into Elasticsearch.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Items queued between the sessions and the writer. The brokers' in-flight
-/// windows (20 unacknowledged messages each, mosquitto's default) keep it
-/// far from full; when full, sessions wait (no cycle: the writer never
-/// waits on them).
-const QUEUE: usize = WRITE_BATCH * 4;
+/// Items queued between the sessions and the writer: one full batch, so
+/// the writer always finds the next batch ready. When full, sessions wait
+/// (no cycle: the writer never waits on them), and the brokers keep the
+/// rest. Memory: at most this many documents of at most 64 KiB of payload.
+const QUEUE: usize = WRITE_BATCH;
 
 /// The `watch` payload for a target list; its version changes with the list.
 pub fn watch_payload(targets: &[Target]) -> Vec<u8> {

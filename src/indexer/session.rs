@@ -200,7 +200,12 @@ pub async fn run(
                                     broker: counters.clone(),
                                 },
                             };
-                            if shared.writer.send(item).await.is_err() {
+                            // Waiting for room downstream is not a wedge of
+                            // ours: the writer is watched on its own.
+                            comp.set_idle(true);
+                            let sent = shared.writer.send(item).await;
+                            comp.set_idle(false);
+                            if sent.is_err() {
                                 tracing::debug!("writer gone: message left unacknowledged");
                             }
                         }

@@ -31,27 +31,41 @@ pub const WRITE_BATCH: usize = 2000;
 /// Recent document ids remembered to skip duplicates from several brokers.
 const RECENT_IDS: usize = 100_000;
 
+/// A document id as a number: its first 128 bits (ids are hex SHA-1), so
+/// remembering one costs no allocation. Any other text is hashed first.
+fn id_key(id: &str) -> u128 {
+    match id.get(..32).map(|h| u128::from_str_radix(h, 16)) {
+        Some(Ok(k)) => k,
+        _ => {
+            let d = sha1_smol::Sha1::from(id).digest().bytes();
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&d[..16]);
+            u128::from_be_bytes(b)
+        }
+    }
+}
+
 /// Ids of documents made durable recently, oldest forgotten first.
 #[derive(Default)]
 struct RecentIds {
-    set: HashSet<String>,
-    order: VecDeque<String>,
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
 }
 
 impl RecentIds {
-    fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
+    fn contains(&self, id: u128) -> bool {
+        self.set.contains(&id)
     }
 
     /// Remembers ids once they are durable (never before: a failed write
     /// must not turn the redelivered copy into a "duplicate").
-    fn remember(&mut self, id: String) {
+    fn remember(&mut self, id: u128) {
         if self.order.len() >= RECENT_IDS {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
-        if self.set.insert(id.clone()) {
+        if self.set.insert(id) {
             self.order.push_back(id);
         }
     }
@@ -128,13 +142,19 @@ async fn write(
     let mut in_batch = HashSet::with_capacity(batch.len());
     for item in batch {
         let id = item.doc.id();
-        if recent.contains(id) || !in_batch.insert(id.to_owned()) {
+        let key = id_key(id);
+        if recent.contains(key) || !in_batch.insert(key) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
             item.ack.broker.duplicates.fetch_add(1, Ordering::Relaxed);
         } else {
-            ids.push(id.to_owned());
+            ids.push(key);
             if outputs.spool.is_some() {
-                records.push(format!("{id}\n{}", item.doc.source()));
+                let source = item.doc.source();
+                let mut record = String::with_capacity(id.len() + 1 + source.len());
+                record.push_str(id);
+                record.push('\n');
+                record.push_str(source);
+                records.push(record);
             }
             if outputs.file.is_some() {
                 lines.push(item.doc.source().to_owned());
@@ -236,10 +256,18 @@ mod tests {
     fn recent_ids_forget_the_oldest() {
         let mut r = RecentIds::default();
         for i in 0..RECENT_IDS + 10 {
-            r.remember(i.to_string());
+            r.remember(id_key(&i.to_string()));
         }
-        assert!(!r.contains("0"));
-        assert!(r.contains(&(RECENT_IDS + 9).to_string()));
+        assert!(!r.contains(id_key("0")));
+        assert!(r.contains(id_key(&(RECENT_IDS + 9).to_string())));
         assert_eq!(r.order.len(), RECENT_IDS);
+    }
+
+    #[test]
+    fn id_keys_are_the_ids_first_128_bits() {
+        let id = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(id_key(id), 0x0123456789abcdef0123456789abcdef);
+        assert_ne!(id_key("x"), id_key("y"));
+        assert_eq!(id_key("x"), id_key("x"));
     }
 }

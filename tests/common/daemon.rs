@@ -61,33 +61,10 @@ impl Daemon {
         }
     }
 
-    /// Waits for a log line containing every one of `needles`.
+    /// Waits for a log line containing every one of `needles` (earlier
+    /// lines count).
     pub async fn wait_log(&mut self, needles: &[&str], within: Duration) -> String {
-        if let Some(l) = self
-            .log
-            .iter()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return l.clone();
-        }
-        let found = tokio::time::timeout(within, async {
-            while let Some(l) = self.lines.recv().await {
-                self.log.push(l.clone());
-                if needles.iter().all(|n| l.contains(n)) {
-                    return Some(l);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        found.unwrap_or_else(|| {
-            panic!(
-                "no log line with {needles:?} within {within:?}; seen:\n{}",
-                self.log.join("\n")
-            )
-        })
+        self.wait_log_after(0, needles, within).await
     }
 
     /// The number of lines emitted so far, for [`Daemon::wait_log_after`].
