@@ -62,12 +62,22 @@ async fn the_endpoint_moves_on_reload_and_survives_garbage() {
     );
     idx.wait_log(&[&format!("page on http://127.0.0.1:{a}/")], 10 * SEC)
         .await;
+    idx.wait_log(&["connected to broker"], 10 * SEC).await;
     let m = get(a, "/metrics").unwrap();
     assert!(
         m.starts_with("HTTP/1.0 200") || m.starts_with("HTTP/1.1 200"),
         "{m}"
     );
     assert!(m.contains("swarming_brokers_connected"), "{m}");
+    // The indexer's own per-session counters, the retries and the lag.
+    for series in [
+        "swarming_broker_duplicates_total{broker=",
+        "swarming_broker_malformed_total{broker=",
+        "swarming_elasticsearch_retried_total 0",
+        "swarming_spool_oldest_record_age_seconds 0",
+    ] {
+        assert!(m.contains(series), "{series} missing in {m}");
+    }
 
     // Garbage, a huge header, a half request: the server stays up.
     let _ = raw(a, &[0u8, 0xff, b'\n', b'\r'].repeat(10_000));

@@ -121,6 +121,24 @@ pub async fn render(src: &Sources) -> Result<String, std::fmt::Error> {
         None,
         load(&s.spool_pending) as f64,
     );
+    let oldest = load(&s.spool_oldest_unix);
+    let oldest_age = match now.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) if oldest > 0 => d.as_secs().saturating_sub(oldest) as f64,
+        _ => 0.0,
+    };
+    gauge(
+        &mut r,
+        "spool_oldest_record_age",
+        "Age of the oldest record still in the spool (0 when empty): how far Elasticsearch lags",
+        Some(Unit::Seconds),
+        oldest_age,
+    );
+    counter(
+        &mut r,
+        "elasticsearch_retried",
+        "Bulk attempts after the first (items or whole requests retried)",
+        load(&s.retried),
+    );
     gauge(
         &mut r,
         "spool_backlog",
@@ -181,6 +199,28 @@ pub async fn render(src: &Sources) -> Result<String, std::fmt::Error> {
         "broker_results_received",
         "Results received through this broker (duplicates included)",
         per_broker,
+    );
+    // The indexer's own per-session counters: what each broker delivered
+    // that was already stored, or was not a valid message.
+    let duplicates = Family::<Labels, Counter>::default();
+    let malformed = Family::<Labels, Counter>::default();
+    {
+        let brokers = s.brokers.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, b) in brokers.iter() {
+            let l = vec![("broker", name.clone())];
+            duplicates.get_or_create(&l).inc_by(load(&b.duplicates));
+            malformed.get_or_create(&l).inc_by(load(&b.malformed));
+        }
+    }
+    r.register(
+        "broker_duplicates",
+        "Results from this broker already stored (through another broker, or redelivered)",
+        duplicates,
+    );
+    r.register(
+        "broker_malformed",
+        "Messages from this broker skipped as malformed, oversized or out of the time window",
+        malformed,
     );
     let alive = snap.agents.iter().filter(|a| a.alive).count();
     gauge(
