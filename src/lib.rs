@@ -13,6 +13,7 @@ pub mod file_output;
 pub mod guard;
 pub mod http;
 pub mod indexer;
+pub mod insight;
 pub mod kibana;
 pub mod mqtt;
 pub mod ping;

@@ -344,6 +344,123 @@ pub struct Rip {
     pub since: Option<String>,
 }
 
+/// Prefix of the retained verdicts on targets: `verdict/target/{target}`.
+pub const VERDICT_TARGET_PREFIX: &str = "verdict/target/";
+/// Prefix of the retained verdicts on agents: `verdict/agent/{agent}`.
+pub const VERDICT_AGENT_PREFIX: &str = "verdict/agent/";
+
+/// How one round looked from one agent (see `docs/protocol.md`, levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundState {
+    /// Every echo answered (loss at or under the lossy level), rtt under the slow level.
+    Up,
+    /// Answered, but the average rtt is over the slow level.
+    Slow,
+    /// Some replies, but the loss is over the lossy level.
+    Lossy,
+    /// No reply at all, or no address.
+    Down,
+}
+
+impl RoundState {
+    /// Anything but `up`.
+    pub fn is_bad(self) -> bool {
+        self != RoundState::Up
+    }
+
+    /// The wire name (`up`, `slow`, `lossy`, `down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundState::Up => "up",
+            RoundState::Slow => "slow",
+            RoundState::Lossy => "lossy",
+            RoundState::Down => "down",
+        }
+    }
+}
+
+/// State of a target in its verdict: a round state, or `unknown` when no
+/// agent reported on it recently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetState {
+    Up,
+    Slow,
+    Lossy,
+    Down,
+    Unknown,
+}
+
+impl From<RoundState> for TargetState {
+    fn from(s: RoundState) -> Self {
+        match s {
+            RoundState::Up => TargetState::Up,
+            RoundState::Slow => TargetState::Slow,
+            RoundState::Lossy => TargetState::Lossy,
+            RoundState::Down => TargetState::Down,
+        }
+    }
+}
+
+/// Whose fault a bad view of a target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// Nothing is wrong (or nothing is known).
+    None,
+    /// Most agents, across providers, see the target bad.
+    Target,
+    /// The bad view is confined to single agents.
+    Agent,
+    /// The bad view is confined to the agents of one provider.
+    Provider,
+}
+
+/// Payload of the retained `verdict/target/{target}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetVerdict {
+    pub target: String,
+    pub state: TargetState,
+    pub cause: Cause,
+    /// Agents whose latest round of this target was not `up`.
+    pub agents_bad: u32,
+    /// Agents that reported on this target recently.
+    pub agents_total: u32,
+    /// Distinct `provider` labels among the bad agents.
+    pub providers_bad: u32,
+    /// When this state began: RFC 3339 UTC, from the rounds' timestamps.
+    pub since: String,
+    /// The provider at fault, when `cause` is `provider`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// State of an agent in its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Its view agrees with its peers'.
+    Ok,
+    /// "It's me": most of its targets look bad to it while peers see them fine.
+    Trouble,
+    /// It vanished (last will, or silent for three intervals).
+    Lost,
+    /// It stopped cleanly.
+    Stopped,
+}
+
+/// Payload of the retained `verdict/agent/{agent}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentVerdict {
+    pub agent: String,
+    pub state: AgentState,
+    /// When this state began, RFC 3339 UTC.
+    pub since: String,
+    /// A short human explanation.
+    pub reason: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,700 @@
+//! The correlator: compares what every agent sees of every target and
+//! says whose fault a bad view is, steadily.
+//!
+//! Input: each result ([`Observation`]) and each agent notice. Output:
+//! [`Change`]s of the retained verdicts, for every target in the list and
+//! every known agent, healthy ones included.
+//!
+//! Rules (also in `docs/protocol.md`):
+//! - An agent *reports on* a target when its latest round of it is no older
+//!   than three of its intervals behind the newest round of that target.
+//! - Target: no bad report -> `up`, cause `none`. Otherwise the state is the
+//!   most common bad state (ties: the worse one), and the cause is `target`
+//!   when more than half the reporting agents see it bad and, where they
+//!   belong to several providers, the bad ones to more than one;
+//!   `provider` when the bad agents (two or more) share one `provider`
+//!   label; `agent` otherwise.
+//! - Agent: `trouble` when more than half of the targets it shares with
+//!   peers look bad to it while most of those peers see them `up`; `lost`
+//!   after its last will or three intervals of silence; `stopped` after a
+//!   clean shutdown notice; `ok` otherwise.
+//! - Hysteresis: a new state is adopted only when it holds through
+//!   [`Settings::confirm_rounds`] full rounds after the round that showed
+//!   it (every reporting agent reported again, and the state still held).
+//!   One bad round never changes a verdict; one good round never ends one.
+//! - Everything is computed from the rounds' own timestamps, never from
+//!   arrival times, so every indexer that sees the same results publishes
+//!   the same payloads. The clock that expires silent agents and targets
+//!   is the newest round seen (bounded by the wall clock), so a broker
+//!   outage, during which nothing arrives, expires nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use super::levels::{Baseline, Levels};
+use crate::protocol::{AgentState, AgentVerdict, Cause, RoundState, TargetState, TargetVerdict};
+
+/// The reason given with an `ok` agent verdict.
+const OK_REASON: &str = "its view agrees with its peers'";
+/// How many intervals without a round make an agent silent.
+pub const SILENT_INTERVALS: i64 = 3;
+
+/// One result, as the correlator needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    pub agent: &'a str,
+    /// The agent's `provider` label.
+    pub provider: Option<&'a str>,
+    pub target: &'a str,
+    /// Start of the round, milliseconds since the epoch.
+    pub at_ms: i64,
+    /// The agent's interval between rounds, in milliseconds.
+    pub interval_ms: i64,
+    pub sent: u32,
+    pub received: u32,
+    /// Average rtt in ms; None when nothing came back.
+    pub rtt_avg_ms: Option<f64>,
+}
+
+/// An agent's lifecycle notice (a will already judged not stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Lost,
+    Stopped,
+}
+
+/// Correlator settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Levels for targets that do not set their own.
+    pub levels: Levels,
+    /// Full rounds a new state must hold before it is adopted.
+    pub confirm_rounds: u32,
+    /// Agents remembered; past it, the longest silent one is forgotten.
+    pub max_agents: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            levels: Levels::default(),
+            confirm_rounds: 1,
+            max_agents: 10_000,
+        }
+    }
+}
+
+/// A verdict to publish (retained). `transition` is set when the state or
+/// cause changed (an incident starts or ends), not for a count update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Target {
+        verdict: TargetVerdict,
+        transition: bool,
+    },
+    Agent {
+        verdict: AgentVerdict,
+        transition: bool,
+    },
+    /// The target left the list: clear its retained verdict.
+    TargetRemoved(String),
+}
+
+/// One agent's view of one target.
+#[derive(Debug, Clone)]
+struct Pair {
+    state: RoundState,
+    at_ms: i64,
+    interval_ms: i64,
+    /// First round of the current good or bad streak.
+    streak_since_ms: i64,
+    baseline: Baseline,
+}
+
+/// A candidate state waiting for its confirming rounds.
+#[derive(Debug, Clone)]
+struct Pending<K> {
+    key: K,
+    /// Who must report again for a round to count, and who did.
+    needed: BTreeSet<String>,
+    reported: BTreeSet<String>,
+    rounds: u32,
+}
+
+impl<K: PartialEq> Pending<K> {
+    fn new(key: K, needed: BTreeSet<String>) -> Self {
+        Pending {
+            key,
+            needed,
+            reported: BTreeSet::new(),
+            rounds: 0,
+        }
+    }
+
+    /// Notes that `who` reported; true once the candidate held through
+    /// `confirm` full rounds.
+    fn report(&mut self, who: &str, still_needed: impl Fn(&str) -> bool, confirm: u32) -> bool {
+        self.reported.insert(who.to_owned());
+        // Someone who went silent cannot hold the verdict back.
+        self.needed.retain(|a| still_needed(a));
+        if self.needed.iter().all(|a| self.reported.contains(a)) {
+            self.rounds += 1;
+            self.reported.clear();
+        }
+        self.rounds >= confirm
+    }
+}
+
+type TargetKey = (TargetState, Cause, Option<String>);
+
+#[derive(Debug)]
+struct TargetEntry {
+    levels: Levels,
+    /// Agent name -> its view.
+    pairs: BTreeMap<String, Pair>,
+    published: TargetVerdict,
+    pending: Option<Pending<TargetKey>>,
+}
+
+#[derive(Debug)]
+struct AgentEntry {
+    provider: Option<String>,
+    last_ms: i64,
+    interval_ms: i64,
+    notice: Option<(Notice, i64)>,
+    published: AgentVerdict,
+    pending: Option<AgentPending>,
+}
+
+/// A candidate agent state, confirmed by the agent's own rounds.
+#[derive(Debug)]
+struct AgentPending {
+    key: AgentState,
+    since_ms: i64,
+    /// Results from the agent since the candidate appeared.
+    results: usize,
+}
+
+/// The verdicts of one indexer.
+#[derive(Debug, Default)]
+pub struct Correlator {
+    settings: Settings,
+    targets: BTreeMap<String, TargetEntry>,
+    agents: BTreeMap<String, AgentEntry>,
+    /// Newest round seen, ms since the epoch: the clock of expiry.
+    newest_ms: i64,
+    changes: Vec<Change>,
+}
+
+/// RFC 3339 UTC with milliseconds, for `since`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = u64::try_from(ms)
+        .ok()
+        .and_then(|ms| SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn provider_key(agent: &str, provider: Option<&str>) -> String {
+    // An agent without a provider label is a provider of its own.
+    match provider {
+        Some(p) => format!("p:{p}"),
+        None => format!("a:{agent}"),
+    }
+}
+
+fn severity(s: RoundState) -> u8 {
+    match s {
+        RoundState::Up => 0,
+        RoundState::Slow => 1,
+        RoundState::Lossy => 2,
+        RoundState::Down => 3,
+    }
+}
+
+impl Correlator {
+    pub fn new(settings: Settings) -> Self {
+        Correlator {
+            settings,
+            ..Correlator::default()
+        }
+    }
+
+    /// Sets the target list, each with its own levels or None for the
+    /// defaults. New targets start `unknown`; removed ones are cleared.
+    pub fn set_targets(&mut self, list: &[(String, Option<Levels>)], now: SystemTime) {
+        let wanted: BTreeSet<&str> = list.iter().map(|(t, _)| t.as_str()).collect();
+        let gone: Vec<String> = self
+            .targets
+            .keys()
+            .filter(|t| !wanted.contains(t.as_str()))
+            .cloned()
+            .collect();
+        for t in gone {
+            self.targets.remove(&t);
+            self.changes.push(Change::TargetRemoved(t));
+        }
+        let now_ms = system_ms(now);
+        for (t, levels) in list {
+            let levels = levels.unwrap_or(self.settings.levels);
+            if let Some(e) = self.targets.get_mut(t) {
+                e.levels = levels;
+                continue;
+            }
+            let verdict = TargetVerdict {
+                target: t.clone(),
+                state: TargetState::Unknown,
+                cause: Cause::None,
+                agents_bad: 0,
+                agents_total: 0,
+                providers_bad: 0,
+                since: rfc3339_ms(now_ms),
+                provider: None,
+            };
+            self.changes.push(Change::Target {
+                verdict: verdict.clone(),
+                transition: false,
+            });
+            self.targets.insert(
+                t.clone(),
+                TargetEntry {
+                    levels,
+                    pairs: BTreeMap::new(),
+                    published: verdict,
+                    pending: None,
+                },
+            );
+        }
+    }
+
+    /// Takes one result; returns its round state, or None when the target
+    /// is not in the list (nothing to judge it against).
+    pub fn observe(&mut self, o: &Observation) -> Option<RoundState> {
+        let interval_ms = o.interval_ms.max(1);
+        let entry = self.targets.get_mut(o.target)?;
+        let pair = entry.pairs.entry(o.agent.to_owned()).or_insert(Pair {
+            state: RoundState::Up,
+            at_ms: i64::MIN,
+            interval_ms,
+            streak_since_ms: o.at_ms,
+            baseline: Baseline::default(),
+        });
+        if o.at_ms <= pair.at_ms {
+            // A redelivery or a late round: the newer view stands.
+            return None;
+        }
+        let secs = o.at_ms.div_euclid(1000);
+        let state =
+            entry
+                .levels
+                .classify(o.sent, o.received, o.rtt_avg_ms, pair.baseline.median(secs));
+        if let Some(rtt) = o.rtt_avg_ms.filter(|_| state != RoundState::Down) {
+            pair.baseline.push(secs, rtt);
+        }
+        if state.is_bad() != pair.state.is_bad() || pair.at_ms == i64::MIN {
+            pair.streak_since_ms = o.at_ms;
+        }
+        pair.state = state;
+        pair.at_ms = o.at_ms;
+        pair.interval_ms = interval_ms;
+        self.newest_ms = self.newest_ms.max(o.at_ms);
+
+        self.note_agent(o, interval_ms);
+        self.judge_target(o.target, Some(o.agent));
+        self.judge_agent(o.agent, true);
+        Some(state)
+    }
+
+    /// Takes an agent's notice: `lost` (a will that is not stale) or
+    /// `stopped`, at `at_ms`.
+    pub fn notice(&mut self, agent: &str, notice: Notice, at_ms: i64) {
+        let Some(a) = self.agents.get_mut(agent) else {
+            return;
+        };
+        if a.last_ms > at_ms {
+            // Results newer than the notice: the agent is back already.
+            return;
+        }
+        a.notice = Some((notice, at_ms));
+        self.judge_agent(agent, false);
+        // Its views no longer count for the targets.
+        let targets: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, e)| e.pairs.contains_key(agent))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in targets {
+            self.judge_target(&t, None);
+        }
+    }
+
+    /// Expires silent agents and targets; call it every few seconds with the
+    /// wall clock (which only bounds the data clock).
+    pub fn tick(&mut self, now: SystemTime) {
+        let now_ms = self.newest_ms.min(system_ms(now));
+        let agents: Vec<String> = self.agents.keys().cloned().collect();
+        for a in agents {
+            self.judge_agent_at(&a, false, now_ms);
+        }
+        let targets: Vec<String> = self.targets.keys().cloned().collect();
+        for t in targets {
+            self.judge_target_at(&t, None, now_ms);
+        }
+    }
+
+    /// Verdicts changed since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Every current target verdict (to publish in full after a connect).
+    pub fn target_verdicts(&self) -> impl Iterator<Item = &TargetVerdict> {
+        self.targets.values().map(|e| &e.published)
+    }
+
+    /// Every current agent verdict.
+    pub fn agent_verdicts(&self) -> impl Iterator<Item = &AgentVerdict> {
+        self.agents.values().map(|e| &e.published)
+    }
+
+    fn note_agent(&mut self, o: &Observation, interval_ms: i64) {
+        if !self.agents.contains_key(o.agent) {
+            if self.agents.len() >= self.settings.max_agents {
+                self.evict_one();
+            }
+            // A new agent is announced at once, as ok.
+            let verdict = AgentVerdict {
+                agent: o.agent.to_owned(),
+                state: AgentState::Ok,
+                since: rfc3339_ms(o.at_ms),
+                reason: OK_REASON.to_owned(),
+            };
+            self.changes.push(Change::Agent {
+                verdict: verdict.clone(),
+                transition: false,
+            });
+            self.agents.insert(
+                o.agent.to_owned(),
+                AgentEntry {
+                    provider: None,
+                    last_ms: o.at_ms,
+                    interval_ms,
+                    notice: None,
+                    published: verdict,
+                    pending: None,
+                },
+            );
+        }
+        let Some(a) = self.agents.get_mut(o.agent) else {
+            return;
+        };
+        a.provider = o.provider.map(str::to_owned);
+        a.last_ms = a.last_ms.max(o.at_ms);
+        a.interval_ms = interval_ms;
+        if a.notice.is_some_and(|(_, at)| o.at_ms > at) {
+            a.notice = None;
+        }
+    }
+
+    /// Forgets the agent silent the longest, and its views.
+    fn evict_one(&mut self) {
+        let Some(victim) = self
+            .agents
+            .iter()
+            .min_by_key(|(_, a)| a.last_ms)
+            .map(|(n, _)| n.clone())
+        else {
+            return;
+        };
+        self.agents.remove(&victim);
+        for e in self.targets.values_mut() {
+            e.pairs.remove(&victim);
+        }
+    }
+
+    fn silent(&self, agent: &str, at_ms: i64) -> bool {
+        match self.agents.get(agent) {
+            Some(a) => {
+                a.notice.is_some()
+                    || a.last_ms
+                        .saturating_add(SILENT_INTERVALS.saturating_mul(a.interval_ms))
+                        < at_ms
+            }
+            None => true,
+        }
+    }
+
+    /// The agents reporting on a target at `at_ms`, with their views.
+    fn reporting<'a>(&'a self, e: &'a TargetEntry, at_ms: i64) -> Vec<(&'a str, &'a Pair)> {
+        e.pairs
+            .iter()
+            .filter(|(a, p)| {
+                p.at_ms
+                    .saturating_add(SILENT_INTERVALS.saturating_mul(p.interval_ms))
+                    >= at_ms
+                    && self
+                        .agents
+                        .get(a.as_str())
+                        .is_some_and(|ag| ag.notice.is_none())
+            })
+            .map(|(a, p)| (a.as_str(), p))
+            .collect()
+    }
+
+    fn judge_target(&mut self, target: &str, reporter: Option<&str>) {
+        self.judge_target_at(target, reporter, self.newest_ms);
+    }
+
+    fn judge_target_at(&mut self, target: &str, reporter: Option<&str>, at_ms: i64) {
+        let Some(e) = self.targets.get(target) else {
+            return;
+        };
+        let reporting = self.reporting(e, at_ms);
+        let total = reporting.len();
+        let bad: Vec<(&str, &Pair)> = reporting
+            .iter()
+            .filter(|(_, p)| p.state.is_bad())
+            .copied()
+            .collect();
+        let provider_of = |a: &str| {
+            self.agents
+                .get(a)
+                .and_then(|ag| ag.provider.as_deref())
+                .map(str::to_owned)
+        };
+        let all_providers: BTreeSet<String> = reporting
+            .iter()
+            .map(|(a, _)| provider_key(a, provider_of(a).as_deref()))
+            .collect();
+        let bad_providers: BTreeSet<String> = bad
+            .iter()
+            .map(|(a, _)| provider_key(a, provider_of(a).as_deref()))
+            .collect();
+        let (key, since_ms): (TargetKey, i64) = if total == 0 {
+            ((TargetState::Unknown, Cause::None, None), at_ms)
+        } else if bad.is_empty() {
+            let since = reporting
+                .iter()
+                .map(|(_, p)| p.streak_since_ms)
+                .max()
+                .unwrap_or(at_ms);
+            ((TargetState::Up, Cause::None, None), since)
+        } else {
+            let mut counts: BTreeMap<RoundState, usize> = BTreeMap::new();
+            for (_, p) in &bad {
+                *counts.entry(p.state).or_default() += 1;
+            }
+            let state = counts
+                .iter()
+                .max_by_key(|(s, n)| (**n, severity(**s)))
+                .map(|(s, _)| *s)
+                .unwrap_or(RoundState::Down);
+            let majority = bad.len() * 2 > total;
+            let since = bad
+                .iter()
+                .map(|(_, p)| p.streak_since_ms)
+                .min()
+                .unwrap_or(at_ms);
+            let single_bad_provider = bad_providers.len() == 1
+                && bad.len() >= 2
+                && bad_providers.iter().all(|k| k.starts_with("p:"));
+            let cause = if majority && (all_providers.len() <= 1 || bad_providers.len() > 1) {
+                (Cause::Target, None)
+            } else if single_bad_provider {
+                let p = bad_providers
+                    .iter()
+                    .next()
+                    .and_then(|k| k.strip_prefix("p:"))
+                    .map(str::to_owned);
+                (Cause::Provider, p)
+            } else {
+                (Cause::Agent, None)
+            };
+            ((state.into(), cause.0, cause.1), since)
+        };
+        let counts = (
+            u32::try_from(bad.len()).unwrap_or(u32::MAX),
+            u32::try_from(total).unwrap_or(u32::MAX),
+            u32::try_from(bad_providers.len()).unwrap_or(u32::MAX),
+        );
+        let needed: BTreeSet<String> = reporting.iter().map(|(a, _)| (*a).to_owned()).collect();
+        let confirm = self.settings.confirm_rounds;
+
+        let Some(e) = self.targets.get_mut(target) else {
+            return;
+        };
+        let current: TargetKey = (
+            e.published.state,
+            e.published.cause,
+            e.published.provider.clone(),
+        );
+        let adopt = if key == current {
+            e.pending = None;
+            false
+        } else if key.0 == TargetState::Unknown {
+            // Silence for three intervals is its own confirmation.
+            true
+        } else {
+            match &mut e.pending {
+                Some(p) if p.key == key => match reporter {
+                    Some(r) => {
+                        let still = needed;
+                        p.report(r, |a| still.contains(a), confirm)
+                    }
+                    None => false,
+                },
+                _ => {
+                    e.pending = Some(Pending::new(key.clone(), needed));
+                    confirm == 0
+                }
+            }
+        };
+        let mut v = e.published.clone();
+        if adopt {
+            // `since` from the data as it stands now, not from when the
+            // candidate first appeared: that moment depends on arrival order.
+            e.pending = None;
+            let since = since_ms;
+            v.state = key.0;
+            v.cause = key.1;
+            v.provider = key.2;
+            v.since = rfc3339_ms(since);
+        }
+        if adopt || v.state == key.0 {
+            (v.agents_bad, v.agents_total, v.providers_bad) = counts;
+        }
+        if v != e.published {
+            e.published = v.clone();
+            self.changes.push(Change::Target {
+                verdict: v,
+                transition: adopt,
+            });
+        }
+    }
+
+    fn judge_agent(&mut self, agent: &str, reported: bool) {
+        self.judge_agent_at(agent, reported, self.newest_ms);
+    }
+
+    /// Re-judges an agent; `reported` when this call follows one of its rounds.
+    fn judge_agent_at(&mut self, agent: &str, reported: bool, at_ms: i64) {
+        let Some(a) = self.agents.get(agent) else {
+            return;
+        };
+        let (key, since_ms, reason) = if let Some((n, at)) = a.notice {
+            match n {
+                Notice::Lost => (AgentState::Lost, at, "last will".to_owned()),
+                Notice::Stopped => (AgentState::Stopped, at, "stopped cleanly".to_owned()),
+            }
+        } else if self.silent(agent, at_ms) {
+            let since = a.last_ms.saturating_add(a.interval_ms);
+            (
+                AgentState::Lost,
+                since,
+                format!("no result for {SILENT_INTERVALS} intervals"),
+            )
+        } else {
+            let (alone, shared) = self.alone_bad(agent, at_ms);
+            if shared > 0 && alone * 2 > shared {
+                (
+                    AgentState::Trouble,
+                    a.last_ms,
+                    format!("{alone} of {shared} targets look bad to it but fine to its peers"),
+                )
+            } else {
+                (AgentState::Ok, a.last_ms, OK_REASON.to_owned())
+            }
+        };
+        // A round of an agent is one result per target it reports on.
+        let round = self
+            .targets
+            .values()
+            .filter(|e| {
+                e.pairs.get(agent).is_some_and(|p| {
+                    p.at_ms
+                        .saturating_add(SILENT_INTERVALS.saturating_mul(p.interval_ms))
+                        >= at_ms
+                })
+            })
+            .count()
+            .max(1);
+        let needed = round.saturating_mul(self.settings.confirm_rounds as usize);
+        let Some(a) = self.agents.get_mut(agent) else {
+            return;
+        };
+        let adopt = if key == a.published.state {
+            a.pending = None;
+            false
+        } else if matches!(key, AgentState::Lost | AgentState::Stopped)
+            || a.published.state == AgentState::Lost
+        {
+            // Notices and silence are facts, not views; so is coming back.
+            true
+        } else {
+            match &mut a.pending {
+                Some(p) if p.key == key => {
+                    if reported {
+                        p.results += 1;
+                    }
+                    p.results >= needed
+                }
+                _ => {
+                    a.pending = Some(AgentPending {
+                        key,
+                        since_ms,
+                        results: 0,
+                    });
+                    needed == 0
+                }
+            }
+        };
+        if adopt {
+            let since = a.pending.take().map_or(since_ms, |p| p.since_ms);
+            a.published = AgentVerdict {
+                agent: agent.to_owned(),
+                state: key,
+                since: rfc3339_ms(since),
+                reason,
+            };
+            self.changes.push(Change::Agent {
+                verdict: a.published.clone(),
+                transition: true,
+            });
+        }
+    }
+
+    /// (targets that look bad only to this agent, targets it shares with
+    /// reporting peers).
+    fn alone_bad(&self, agent: &str, at_ms: i64) -> (usize, usize) {
+        let mut alone = 0;
+        let mut shared = 0;
+        for e in self.targets.values() {
+            let reporting = self.reporting(e, at_ms);
+            let Some((_, mine)) = reporting.iter().find(|(a, _)| *a == agent) else {
+                continue;
+            };
+            let peers: Vec<&Pair> = reporting
+                .iter()
+                .filter(|(a, _)| *a != agent)
+                .map(|(_, p)| *p)
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            shared += 1;
+            let peers_up = peers.iter().filter(|p| !p.state.is_bad()).count();
+            if mine.state.is_bad() && peers_up * 2 > peers.len() {
+                alone += 1;
+            }
+        }
+        (alone, shared)
+    }
+}
+
+fn system_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
