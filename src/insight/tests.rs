@@ -32,22 +32,41 @@ fn fine(_: &str, _: &str, _: i64) -> (u32, f64) {
 
 /// Plays rounds `from..to`; agents report in their order within a round.
 fn play(c: &mut Correlator, from: i64, to: i64, view: View) -> Vec<Change> {
+    play_as(c, from, to, view, &AGENTS, false)
+}
+
+/// Plays rounds `from..to` for `agents` only; `reverse` delivers each
+/// round's results in reverse order (as another indexer might get them).
+fn play_as(
+    c: &mut Correlator,
+    from: i64,
+    to: i64,
+    view: View,
+    agents: &[(&str, &str)],
+    reverse: bool,
+) -> Vec<Change> {
     let mut changes = Vec::new();
     for round in from..to {
-        for (i, (agent, provider)) in AGENTS.iter().enumerate() {
-            for target in TARGETS {
-                let (received, rtt) = view(agent, target, round);
-                c.observe(&Observation {
-                    agent,
-                    provider: Some(provider),
-                    target,
-                    at_ms: T0 + round * 1000 + i as i64 * 100,
-                    interval_ms: 1000,
-                    sent: 5,
-                    received,
-                    rtt_avg_ms: (received > 0).then_some(rtt),
-                });
-            }
+        let mut rounds: Vec<(usize, &str, &str, &str)> = agents
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (a, p))| TARGETS.iter().map(move |t| (i, *a, *p, *t)))
+            .collect();
+        if reverse {
+            rounds.reverse();
+        }
+        for (i, agent, provider, target) in rounds {
+            let (received, rtt) = view(agent, target, round);
+            c.observe(&Observation {
+                agent,
+                provider: Some(provider),
+                target,
+                at_ms: T0 + round * 1000 + i as i64 * 100,
+                interval_ms: 1000,
+                sent: 5,
+                received,
+                rtt_avg_ms: (received > 0).then_some(rtt),
+            });
         }
         c.tick(at(round + 1));
         changes.extend(c.take_changes());
@@ -239,23 +258,7 @@ fn a_silent_agent_is_lost_and_a_notice_is_final() {
     play(&mut c, 10, 15, fine);
     // a4 goes quiet: the others keep reporting.
     let mut c2 = c;
-    for round in 15..20 {
-        for (i, (a, p)) in AGENTS.iter().enumerate().take(3) {
-            for t in TARGETS {
-                c2.observe(&Observation {
-                    agent: a,
-                    provider: Some(p),
-                    target: t,
-                    at_ms: T0 + round * 1000 + i as i64 * 100,
-                    interval_ms: 1000,
-                    sent: 5,
-                    received: 5,
-                    rtt_avg_ms: Some(1.0),
-                });
-            }
-        }
-        c2.tick(at(round + 1));
-    }
+    play_as(&mut c2, 15, 20, fine, &AGENTS[..3], false);
     assert_eq!(agent(&c2, "a4"), AgentState::Lost);
     assert_eq!(
         target(&c2, "t1"),
@@ -281,25 +284,8 @@ fn two_indexers_seeing_results_in_other_orders_agree() {
         }
     };
     play(&mut a, 10, 20, view);
-    // b receives each round's results in reverse agent order.
-    for round in 10..20 {
-        for (i, (agent, provider)) in AGENTS.iter().enumerate().rev() {
-            for target in TARGETS.iter().rev() {
-                let (received, rtt) = view(agent, target, round);
-                b.observe(&Observation {
-                    agent,
-                    provider: Some(provider),
-                    target,
-                    at_ms: T0 + round * 1000 + i as i64 * 100,
-                    interval_ms: 1000,
-                    sent: 5,
-                    received,
-                    rtt_avg_ms: (received > 0).then_some(rtt),
-                });
-            }
-        }
-        b.tick(at(round + 1));
-    }
+    // b receives each round's results in reverse order.
+    play_as(&mut b, 10, 20, view, &AGENTS, true);
     let ta: Vec<_> = a.target_verdicts().cloned().collect();
     let tb: Vec<_> = b.target_verdicts().cloned().collect();
     assert_eq!(ta, tb);
