@@ -494,3 +494,36 @@ async fn version_help_and_check_config_tell_the_truth() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexer_status_says_when_its_page_cannot_listen() {
+    let a = Mosquitto::start().await;
+    // Someone else holds the configured address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("indexer.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "brokers: [\"{}\"]\nstate_dir: {}\nfile: {{path: {}/out.ndjson}}\nhttp: {{listen: \"127.0.0.1:{port}\"}}\n",
+            a.addr(),
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut notify = Notify::bind(dir.path());
+    let mut idx = Daemon::spawn(INDEXER, &["-c", cfg.to_str().unwrap()], &[notify.env()]);
+    notify.expect(&["READY=1"], 10 * SEC).await;
+    let status = notify.expect(&["STATUS=brokers up 1/1"], 10 * SEC).await;
+    assert!(
+        status.contains(&format!(
+            "PROBLEMS: http endpoint not listening on 127.0.0.1:{port}"
+        )),
+        "{status}"
+    );
+    // It still does its job: running, and stops cleanly.
+    idx.signal("TERM");
+    assert!(idx.wait(10 * SEC).await.success());
+}

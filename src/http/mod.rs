@@ -251,6 +251,16 @@ impl Endpoint {
         self.listen = settings.http;
     }
 
+    /// What is wrong with the endpoint, for `STATUS=`: configured but not
+    /// listening (the address was taken, or the server ended).
+    pub fn problem(&self) -> Option<String> {
+        let listen = self.listen?;
+        match &self.server {
+            Some(s) if s.is_running() => None,
+            _ => Some(format!("http endpoint not listening on {listen}")),
+        }
+    }
+
     /// The address served, if any.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.server.as_ref().map(HttpServer::local_addr)

@@ -478,7 +478,8 @@ impl Indexer {
             .as_ref()
             .map(|_| format!("; spool {} docs", s.spool_pending.load(Ordering::Relaxed)))
             .unwrap_or_default();
-        let problems = self.supervisor.problems();
+        let mut problems = self.supervisor.problems();
+        problems.extend(self.http.as_ref().and_then(crate::http::Endpoint::problem)); // http: hook
         let problems = if problems.is_empty() {
             String::new()
         } else {
