@@ -84,6 +84,10 @@ async fn publishes_exact_results_for_loopback_targets() {
     .await;
     let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
     let mut agent = start_agent(&cfg);
+    // As root it uses raw sockets, and says so.
+    agent
+        .wait_log(&["ICMP echo through raw ICMP sockets"], 10 * SEC)
+        .await;
 
     let m = sub
         .next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.1")
