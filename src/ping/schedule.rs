@@ -886,6 +886,15 @@ mod tests {
         (t0, s, io)
     }
 
+    /// Echoes sent from `from_ms` (included) to `to_ms` after `t0`.
+    fn sends_between(io: &Fake, t0: Instant, from_ms: u64, to_ms: u64) -> usize {
+        let (from, to) = (
+            t0 + Duration::from_millis(from_ms),
+            t0 + Duration::from_millis(to_ms),
+        );
+        io.sends.iter().filter(|s| s.0 >= from && s.0 < to).count()
+    }
+
     fn targets(n: usize) -> Vec<Target> {
         (0..n)
             .map(|i| {
@@ -1000,12 +1009,7 @@ mod tests {
             assert!(i - j < 51, "{} sends within 1 s", i - j + 1);
         }
         // And it keeps up: 1,000 x 5 echoes per 100 s.
-        let late = io
-            .sends
-            .iter()
-            .filter(|s| s.0 >= t0 + Duration::from_secs(200) && s.0 < t0 + Duration::from_secs(400))
-            .count();
-        assert_eq!(late, 10_000);
+        assert_eq!(sends_between(&io, t0, 200_000, 400_000), 10_000);
     }
 
     #[test]
@@ -1050,12 +1054,7 @@ mod tests {
         let frozen = WALL0 + 21_000..WALL0 + 64_000;
         assert!(io.results.iter().all(|r| !frozen.contains(&r.slot_ms)));
         // Back on pace: one round per target per interval.
-        let after = io
-            .sends
-            .iter()
-            .filter(|s| s.0 >= t0 + Duration::from_secs(70) && s.0 < t0 + Duration::from_secs(100))
-            .count();
-        assert_eq!(after, 30);
+        assert_eq!(sends_between(&io, t0, 70_000, 100_000), 30);
     }
 
     #[test]
@@ -1078,12 +1077,8 @@ mod tests {
             // The pace is the monotonic one: 10 rounds per 10 s all along,
             // no burst after a step forward, no silence after a step back.
             for w in 0..9u64 {
-                let from = t0 + Duration::from_secs(10 * w + 5);
-                let n = io
-                    .sends
-                    .iter()
-                    .filter(|s| s.0 >= from && s.0 < from + Duration::from_secs(10))
-                    .count();
+                let from = 10_000 * w + 5_000;
+                let n = sends_between(&io, t0, from, from + 10_000);
                 assert_eq!(n, 10, "step {step_ms}: window {w}");
             }
             // Slots after the step carry the new time.
