@@ -886,6 +886,27 @@ mod tests {
         (t0, s, io)
     }
 
+    /// Every one of `n` targets has at least `min_rounds` results, one
+    /// interval apart, each saying that interval.
+    fn assert_regular(io: &Fake, n: usize, interval_ms: u64, min_rounds: usize) {
+        let mut per_target: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for r in &io.results {
+            assert_eq!(r.interval, Duration::from_millis(interval_ms));
+            per_target
+                .entry(r.target.to_string())
+                .or_default()
+                .push(r.slot_ms);
+        }
+        assert_eq!(per_target.len(), n);
+        for slots in per_target.values() {
+            assert!(slots.len() >= min_rounds, "{slots:?}");
+            assert!(
+                slots.windows(2).all(|w| w[1] - w[0] == interval_ms),
+                "{slots:?}"
+            );
+        }
+    }
+
     /// Echoes sent from `from_ms` (included) to `to_ms` after `t0`.
     fn sends_between(io: &Fake, t0: Instant, from_ms: u64, to_ms: u64) -> usize {
         let (from, to) = (
@@ -946,21 +967,11 @@ mod tests {
         );
         assert_eq!(s.interval(), Duration::from_secs(10), "not stretched");
         max_lateness(&io, t0, ping.spacing());
-        let mut per_target: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for r in &io.results {
             assert_eq!((r.sent, r.rtts.len()), (3, 3));
             assert!(r.rtts.iter().all(|x| *x == Some(5.0)), "{:?}", r.rtts);
-            assert_eq!(r.interval, Duration::from_secs(10));
-            per_target
-                .entry(r.target.to_string())
-                .or_default()
-                .push(r.slot_ms);
         }
-        assert_eq!(per_target.len(), 20);
-        for slots in per_target.values() {
-            assert!(slots.len() >= 5, "{slots:?}");
-            assert!(slots.windows(2).all(|w| w[1] - w[0] == 10_000), "{slots:?}");
-        }
+        assert_regular(&io, 20, 10_000, 5);
         assert_eq!(s.counters.skipped, 0);
     }
 
@@ -983,22 +994,7 @@ mod tests {
         // Every round starts within a spacing of its slot, rounds stay one
         // (stretched) interval apart, and the result says which interval.
         max_lateness(&io, t0, ping.spacing());
-        let mut per_target: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for r in &io.results {
-            assert_eq!(r.interval, Duration::from_secs(100));
-            per_target
-                .entry(r.target.to_string())
-                .or_default()
-                .push(r.slot_ms);
-        }
-        assert_eq!(per_target.len(), 1000);
-        for slots in per_target.values() {
-            assert!(slots.len() >= 3, "{slots:?}");
-            assert!(
-                slots.windows(2).all(|w| w[1] - w[0] == 100_000),
-                "{slots:?}"
-            );
-        }
+        assert_regular(&io, 1000, 100_000, 3);
         // Never above max_rate: at most 50 sends in any 1 s window.
         let times: Vec<Instant> = io.sends.iter().map(|s| s.0).collect();
         let mut j = 0;
