@@ -84,6 +84,10 @@ async fn publishes_exact_results_for_loopback_targets() {
     .await;
     let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
     let mut agent = start_agent(&cfg);
+    // As root it uses raw sockets, and says so.
+    agent
+        .wait_log(&["ICMP echo through raw ICMP sockets"], 10 * SEC)
+        .await;
 
     let m = sub
         .next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.1")
@@ -815,4 +819,57 @@ async fn two_agents_with_one_name_are_told_loudly_and_both_results_kept() {
         "one phase only: {stamps:?} ({} new)",
         got.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_skips_the_slots_it_missed_and_says_so() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-frozen", &[broker.addr()]);
+    watch(broker.port, &["127.0.0.1"]).await;
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    let mut agent = start_agent(&cfg);
+    sub.next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.1")
+        .await
+        .expect("a result");
+    let now_ms = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // Frozen for 4 intervals (SIGSTOP: a starved or stopped machine).
+    agent.signal("STOP");
+    let stopped_at = now_ms();
+    tokio::time::sleep(4 * SEC).await;
+    agent.signal("CONT");
+    let resumed_at = now_ms();
+    agent
+        .wait_log(&["slots skipped", "none is replayed"], 5 * SEC)
+        .await;
+    sub.drain_for(3 * SEC).await;
+    let results: Vec<PingResult> = sub
+        .history
+        .iter()
+        .filter(|m| m.topic == "ping/127.0.0.1")
+        .map(result)
+        .collect();
+    // No round of the frozen time is made up afterwards...
+    let replayed: Vec<u64> = results
+        .iter()
+        .map(ts_ms)
+        .filter(|t| *t > stopped_at + 1000 && *t + 1000 < resumed_at)
+        .collect();
+    assert!(
+        replayed.is_empty(),
+        "slots of the freeze replayed: {replayed:?}"
+    );
+    // ...and the rounds after it are on pace again, one interval apart.
+    let after: Vec<u64> = results
+        .iter()
+        .map(ts_ms)
+        .filter(|t| *t >= resumed_at)
+        .collect();
+    assert!(after.len() >= 2, "{after:?}");
+    assert!(after.windows(2).all(|w| w[1] - w[0] == 1000), "{after:?}");
 }

@@ -30,6 +30,9 @@ impl std::os::fd::AsRawFd for IcmpSocket {
     }
 }
 
+/// Skipped slots are logged at most this often.
+const SKIP_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 /// Changes for a running engine.
 #[derive(Debug)]
 pub enum Command {
@@ -248,6 +251,8 @@ impl Loop {
         let sleep = tokio::time::sleep_until(armed);
         tokio::pin!(sleep);
         let mut started = false;
+        let mut reported_skips = 0u64;
+        let mut last_skip_report: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let mut io = LoopIo {
@@ -261,6 +266,18 @@ impl Loop {
             };
             let wake = sched.run_due(now, unix_ms(SystemTime::now()), &mut io);
             self.stats.update(&sched.counters, sched.interval());
+            let skipped = sched.counters.skipped;
+            if skipped > reported_skips
+                && last_skip_report.is_none_or(|t| now.duration_since(t) >= SKIP_REPORT_EVERY)
+            {
+                tracing::warn!(
+                    skipped = skipped - reported_skips,
+                    total = skipped,
+                    "slots skipped: their rounds could not start in time (the agent was stopped, starved of CPU or suspended); none is replayed"
+                );
+                reported_skips = skipped;
+                last_skip_report = Some(now);
+            }
             if until_idle && started && sched.idle() {
                 break;
             }

@@ -886,6 +886,36 @@ mod tests {
         (t0, s, io)
     }
 
+    /// Every one of `n` targets has at least `min_rounds` results, one
+    /// interval apart, each saying that interval.
+    fn assert_regular(io: &Fake, n: usize, interval_ms: u64, min_rounds: usize) {
+        let mut per_target: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for r in &io.results {
+            assert_eq!(r.interval, Duration::from_millis(interval_ms));
+            per_target
+                .entry(r.target.to_string())
+                .or_default()
+                .push(r.slot_ms);
+        }
+        assert_eq!(per_target.len(), n);
+        for slots in per_target.values() {
+            assert!(slots.len() >= min_rounds, "{slots:?}");
+            assert!(
+                slots.windows(2).all(|w| w[1] - w[0] == interval_ms),
+                "{slots:?}"
+            );
+        }
+    }
+
+    /// Echoes sent from `from_ms` (included) to `to_ms` after `t0`.
+    fn sends_between(io: &Fake, t0: Instant, from_ms: u64, to_ms: u64) -> usize {
+        let (from, to) = (
+            t0 + Duration::from_millis(from_ms),
+            t0 + Duration::from_millis(to_ms),
+        );
+        io.sends.iter().filter(|s| s.0 >= from && s.0 < to).count()
+    }
+
     fn targets(n: usize) -> Vec<Target> {
         (0..n)
             .map(|i| {
@@ -937,21 +967,11 @@ mod tests {
         );
         assert_eq!(s.interval(), Duration::from_secs(10), "not stretched");
         max_lateness(&io, t0, ping.spacing());
-        let mut per_target: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for r in &io.results {
             assert_eq!((r.sent, r.rtts.len()), (3, 3));
             assert!(r.rtts.iter().all(|x| *x == Some(5.0)), "{:?}", r.rtts);
-            assert_eq!(r.interval, Duration::from_secs(10));
-            per_target
-                .entry(r.target.to_string())
-                .or_default()
-                .push(r.slot_ms);
         }
-        assert_eq!(per_target.len(), 20);
-        for slots in per_target.values() {
-            assert!(slots.len() >= 5, "{slots:?}");
-            assert!(slots.windows(2).all(|w| w[1] - w[0] == 10_000), "{slots:?}");
-        }
+        assert_regular(&io, 20, 10_000, 5);
         assert_eq!(s.counters.skipped, 0);
     }
 
@@ -974,22 +994,7 @@ mod tests {
         // Every round starts within a spacing of its slot, rounds stay one
         // (stretched) interval apart, and the result says which interval.
         max_lateness(&io, t0, ping.spacing());
-        let mut per_target: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for r in &io.results {
-            assert_eq!(r.interval, Duration::from_secs(100));
-            per_target
-                .entry(r.target.to_string())
-                .or_default()
-                .push(r.slot_ms);
-        }
-        assert_eq!(per_target.len(), 1000);
-        for slots in per_target.values() {
-            assert!(slots.len() >= 3, "{slots:?}");
-            assert!(
-                slots.windows(2).all(|w| w[1] - w[0] == 100_000),
-                "{slots:?}"
-            );
-        }
+        assert_regular(&io, 1000, 100_000, 3);
         // Never above max_rate: at most 50 sends in any 1 s window.
         let times: Vec<Instant> = io.sends.iter().map(|s| s.0).collect();
         let mut j = 0;
@@ -1000,12 +1005,7 @@ mod tests {
             assert!(i - j < 51, "{} sends within 1 s", i - j + 1);
         }
         // And it keeps up: 1,000 x 5 echoes per 100 s.
-        let late = io
-            .sends
-            .iter()
-            .filter(|s| s.0 >= t0 + Duration::from_secs(200) && s.0 < t0 + Duration::from_secs(400))
-            .count();
-        assert_eq!(late, 10_000);
+        assert_eq!(sends_between(&io, t0, 200_000, 400_000), 10_000);
     }
 
     #[test]
@@ -1050,12 +1050,7 @@ mod tests {
         let frozen = WALL0 + 21_000..WALL0 + 64_000;
         assert!(io.results.iter().all(|r| !frozen.contains(&r.slot_ms)));
         // Back on pace: one round per target per interval.
-        let after = io
-            .sends
-            .iter()
-            .filter(|s| s.0 >= t0 + Duration::from_secs(70) && s.0 < t0 + Duration::from_secs(100))
-            .count();
-        assert_eq!(after, 30);
+        assert_eq!(sends_between(&io, t0, 70_000, 100_000), 30);
     }
 
     #[test]
@@ -1078,12 +1073,8 @@ mod tests {
             // The pace is the monotonic one: 10 rounds per 10 s all along,
             // no burst after a step forward, no silence after a step back.
             for w in 0..9u64 {
-                let from = t0 + Duration::from_secs(10 * w + 5);
-                let n = io
-                    .sends
-                    .iter()
-                    .filter(|s| s.0 >= from && s.0 < from + Duration::from_secs(10))
-                    .count();
+                let from = 10_000 * w + 5_000;
+                let n = sends_between(&io, t0, from, from + 10_000);
                 assert_eq!(n, 10, "step {step_ms}: window {w}");
             }
             // Slots after the step carry the new time.
