@@ -435,6 +435,8 @@ pub trait DaemonSettings: Sized + Send + 'static {
     const IDENT: &'static str;
     /// One line saying what the program is, first line of `--help`.
     const ABOUT: &'static str;
+    /// Text after the options in `--help` (other modes of the program).
+    const AFTER_HELP: &'static str = "";
     /// Configuration file used without `-c`.
     const DEFAULT_PATH: &'static str;
     /// Loads and validates; a missing file is fine when `missing_ok`.
@@ -542,6 +544,7 @@ impl Args {
             .name(S::IDENT)
             .bin_name(S::IDENT)
             .about(S::ABOUT)
+            .after_help(S::AFTER_HELP)
             .version(version_line())
             .mut_arg("config", |a| {
                 a.help(format!(

@@ -606,6 +606,9 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
 impl crate::daemon::DaemonSettings for AgentSettings {
     const IDENT: &'static str = "swarming-agent";
     const ABOUT: &'static str = "ICMP ping agent: pings the targets listed on the watch topic and publishes the results over MQTT";
+    const AFTER_HELP: &'static str =
+        "Check a probe without a broker: swarming-agent --once TARGET... [--json] \
+(one round towards each target now; see swarming-agent --once --help)";
     const DEFAULT_PATH: &'static str = crate::config::AGENT_CONFIG_PATH;
 
     fn load(file: &std::path::Path, missing_ok: bool) -> Result<Self, crate::config::ConfigError> {
