@@ -301,7 +301,16 @@ impl Correlator {
 
         self.note_agent(o, interval_ms);
         self.judge_target(o.target, Some(o.agent));
-        self.judge_agent(o.agent, true);
+        // The agent's own verdict is judged on `tick` (it compares its view
+        // of every target with its peers'); here its rounds only count
+        // towards confirming a pending change.
+        if let Some(p) = self
+            .agents
+            .get_mut(o.agent)
+            .and_then(|a| a.pending.as_mut())
+        {
+            p.results = p.results.saturating_add(1);
+        }
         Some(state)
     }
 
@@ -316,7 +325,7 @@ impl Correlator {
             return;
         }
         a.notice = Some((notice, at_ms));
-        self.judge_agent(agent, false);
+        self.judge_agent_at(agent, self.newest_ms, AgentView::default());
         // Its views no longer count for the targets.
         let targets: Vec<String> = self
             .targets
@@ -333,9 +342,11 @@ impl Correlator {
     /// wall clock (which only bounds the data clock).
     pub fn tick(&mut self, now: SystemTime) {
         let now_ms = self.newest_ms.min(system_ms(now));
+        let mut views = self.agent_views(now_ms);
         let agents: Vec<String> = self.agents.keys().cloned().collect();
         for a in agents {
-            self.judge_agent_at(&a, false, now_ms);
+            let view = views.remove(&a).unwrap_or_default();
+            self.judge_agent_at(&a, now_ms, view);
         }
         let targets: Vec<String> = self.targets.keys().cloned().collect();
         for t in targets {
@@ -573,12 +584,8 @@ impl Correlator {
         }
     }
 
-    fn judge_agent(&mut self, agent: &str, reported: bool) {
-        self.judge_agent_at(agent, reported, self.newest_ms);
-    }
-
-    /// Re-judges an agent; `reported` when this call follows one of its rounds.
-    fn judge_agent_at(&mut self, agent: &str, reported: bool, at_ms: i64) {
+    /// Re-judges an agent, given how its view compares with its peers'.
+    fn judge_agent_at(&mut self, agent: &str, at_ms: i64, view: AgentView) {
         let Some(a) = self.agents.get(agent) else {
             return;
         };
@@ -595,7 +602,7 @@ impl Correlator {
                 format!("no result for {SILENT_INTERVALS} intervals"),
             )
         } else {
-            let (alone, shared) = self.alone_bad(agent, at_ms);
+            let AgentView { alone, shared, .. } = view;
             if shared > 0 && alone * 2 > shared {
                 (
                     AgentState::Trouble,
@@ -607,19 +614,10 @@ impl Correlator {
             }
         };
         // A round of an agent is one result per target it reports on.
-        let round = self
-            .targets
-            .values()
-            .filter(|e| {
-                e.pairs.get(agent).is_some_and(|p| {
-                    p.at_ms
-                        .saturating_add(SILENT_INTERVALS.saturating_mul(p.interval_ms))
-                        >= at_ms
-                })
-            })
-            .count()
-            .max(1);
-        let needed = round.saturating_mul(self.settings.confirm_rounds as usize);
+        let needed = view
+            .round
+            .max(1)
+            .saturating_mul(self.settings.confirm_rounds as usize);
         let Some(a) = self.agents.get_mut(agent) else {
             return;
         };
@@ -633,12 +631,7 @@ impl Correlator {
             true
         } else {
             match &mut a.pending {
-                Some(p) if p.key == key => {
-                    if reported {
-                        p.results += 1;
-                    }
-                    p.results >= needed
-                }
+                Some(p) if p.key == key => p.results >= needed,
                 _ => {
                     a.pending = Some(AgentPending {
                         key,
@@ -664,32 +657,41 @@ impl Correlator {
         }
     }
 
-    /// (targets that look bad only to this agent, targets it shares with
-    /// reporting peers).
-    fn alone_bad(&self, agent: &str, at_ms: i64) -> (usize, usize) {
-        let mut alone = 0;
-        let mut shared = 0;
+    /// How each agent's view compares with its peers', in one pass over
+    /// the targets (O(targets x agents), once per tick).
+    fn agent_views(&self, at_ms: i64) -> BTreeMap<String, AgentView> {
+        let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
         for e in self.targets.values() {
             let reporting = self.reporting(e, at_ms);
-            let Some((_, mine)) = reporting.iter().find(|(a, _)| *a == agent) else {
-                continue;
-            };
-            let peers: Vec<&Pair> = reporting
-                .iter()
-                .filter(|(a, _)| *a != agent)
-                .map(|(_, p)| *p)
-                .collect();
-            if peers.is_empty() {
-                continue;
-            }
-            shared += 1;
-            let peers_up = peers.iter().filter(|p| !p.state.is_bad()).count();
-            if mine.state.is_bad() && peers_up * 2 > peers.len() {
-                alone += 1;
+            let total = reporting.len();
+            let up = reporting.iter().filter(|(_, p)| !p.state.is_bad()).count();
+            for (agent, mine) in &reporting {
+                let v = views.entry((*agent).to_owned()).or_default();
+                v.round += 1;
+                let peers = total - 1;
+                if peers == 0 {
+                    continue;
+                }
+                v.shared += 1;
+                let peers_up = up - usize::from(!mine.state.is_bad());
+                if mine.state.is_bad() && peers_up * 2 > peers {
+                    v.alone += 1;
+                }
             }
         }
-        (alone, shared)
+        views
     }
+}
+
+/// One agent's view against its peers'.
+#[derive(Debug, Clone, Copy, Default)]
+struct AgentView {
+    /// Targets that look bad to it while most of its peers see them up.
+    alone: usize,
+    /// Targets it shares with reporting peers.
+    shared: usize,
+    /// Targets it reports on (one result each make a round).
+    round: usize,
 }
 
 fn system_ms(t: SystemTime) -> i64 {
