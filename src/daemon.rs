@@ -332,12 +332,6 @@ impl<S: tracing::Subscriber> Layer<S> for SyslogLayer {
     }
 }
 
-/// True when the process may open raw ICMP sockets: root, or CAP_NET_RAW
-/// in the effective set.
-pub fn has_net_raw() -> bool {
-    caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_NET_RAW).unwrap_or(false)
-}
-
 /// True when running as root (uid 0).
 pub fn is_root() -> bool {
     // /proc/self/status avoids a libc dependency for one call.
