@@ -740,8 +740,11 @@ pub struct RawIndexerConfig {
     pub brokers: Vec<String>,
     /// MQTT keepalive.
     pub keepalive: Dur,
-    /// Published on `watch` (retained) on every broker.
-    pub targets: Vec<String>,
+    /// Published on `watch` (retained) on every broker: host names or
+    /// addresses, or objects `{host, slow, lossy}` with the target's levels.
+    pub targets: Vec<RawTarget>,
+    /// Default levels: when a round counts as slow or lossy.
+    pub levels: RawLevels,
     /// Where documents go; absent: no Elasticsearch output.
     pub elasticsearch: Option<RawElasticsearch>,
     /// Optional NDJSON file output.
@@ -762,6 +765,86 @@ pub struct RawIndexerConfig {
     pub watch_key: Option<PathBuf>,
 }
 
+/// One item of the indexer's `targets`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawTarget {
+    Host(String),
+    Object(RawTargetLevels),
+}
+
+/// A target with its own levels.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargetLevels {
+    pub host: String,
+    /// Average rtt over which a round of this target is slow.
+    pub slow: Option<Dur>,
+    /// Fraction of echoes lost over which a round is lossy (0 to 1).
+    pub lossy: Option<f64>,
+}
+
+/// `levels:` of indexer.yaml: the defaults for targets that set none.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLevels {
+    pub slow: Dur,
+    pub lossy: f64,
+}
+
+impl Default for RawLevels {
+    fn default() -> Self {
+        RawLevels {
+            slow: Dur(Duration::from_millis(
+                crate::insight::levels::DEFAULT_SLOW_MS as u64,
+            )),
+            lossy: crate::insight::levels::DEFAULT_LOSSY,
+        }
+    }
+}
+
+/// A target's own levels, as listed; `None` fields take the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TargetLevels {
+    pub slow: Option<Duration>,
+    pub lossy: Option<f64>,
+}
+
+impl TargetLevels {
+    /// These levels over `defaults`.
+    pub fn over(&self, defaults: &crate::insight::Levels) -> crate::insight::Levels {
+        crate::insight::Levels {
+            slow_ms: self
+                .slow
+                .map_or(defaults.slow_ms, |d| d.as_secs_f64() * 1000.0),
+            lossy: self.lossy.unwrap_or(defaults.lossy),
+            explicit_slow: self.slow.is_some(),
+        }
+    }
+}
+
+fn slow_level(file: &Path, key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() || d > Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            "must be more than 0 and at most 60s",
+        ));
+    }
+    Ok(d)
+}
+
+fn lossy_level(file: &Path, key: &str, x: f64) -> Result<f64, ConfigError> {
+    if !(0.0..1.0).contains(&x) {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            "must be a fraction of the echoes, from 0 up to (not including) 1",
+        ));
+    }
+    Ok(x)
+}
+
 impl Default for RawIndexerConfig {
     fn default() -> Self {
         RawIndexerConfig {
@@ -769,6 +852,7 @@ impl Default for RawIndexerConfig {
             brokers: vec!["localhost".into()],
             keepalive: Dur(Duration::from_secs(15)),
             targets: Vec::new(),
+            levels: RawLevels::default(),
             elasticsearch: None,
             file: None,
             state_dir: PathBuf::from("/var/lib/swarming"),
@@ -960,6 +1044,10 @@ pub struct IndexerSettings {
     pub brokers: Vec<Broker>,
     pub keepalive: Duration,
     pub targets: Vec<Target>,
+    /// Levels set per target (targets absent here use `levels`).
+    pub target_levels: BTreeMap<Target, TargetLevels>,
+    /// Default levels.
+    pub levels: crate::insight::Levels,
     pub elasticsearch: Option<EsSettings>,
     pub file_output: Option<FileSettings>,
     pub state_dir: PathBuf,
@@ -987,17 +1075,45 @@ impl IndexerSettings {
         let brokers = parse_brokers(file, "brokers", &raw.brokers)?;
         let keepalive = keepalive(file, "keepalive", raw.keepalive.0)?;
         let mut targets: Vec<Target> = Vec::with_capacity(raw.targets.len());
-        for (i, t) in raw.targets.iter().enumerate() {
-            let t = t.parse::<Target>().map_err(|e| {
-                ConfigError::invalid(file, &format!("targets[{i}]"), format!("{t:?}: {e}"))
+        let mut target_levels = BTreeMap::new();
+        for (i, item) in raw.targets.iter().enumerate() {
+            let (host, own) = match item {
+                RawTarget::Host(h) => (h, TargetLevels::default()),
+                RawTarget::Object(o) => (
+                    &o.host,
+                    TargetLevels {
+                        slow: o
+                            .slow
+                            .as_ref()
+                            .map(|d| slow_level(file, &format!("targets[{i}].slow"), d.0))
+                            .transpose()?,
+                        lossy: o
+                            .lossy
+                            .map(|x| lossy_level(file, &format!("targets[{i}].lossy"), x))
+                            .transpose()?,
+                    },
+                ),
+            };
+            let t = host.parse::<Target>().map_err(|e| {
+                ConfigError::invalid(file, &format!("targets[{i}]"), format!("{host:?}: {e}"))
             })?;
             if !targets.contains(&t) {
+                if own != TargetLevels::default() {
+                    target_levels.insert(t.clone(), own);
+                }
                 targets.push(t);
             }
         }
+        let levels = crate::insight::Levels {
+            slow_ms: slow_level(file, "levels.slow", raw.levels.slow.0)?.as_secs_f64() * 1000.0,
+            lossy: lossy_level(file, "levels.lossy", raw.levels.lossy)?,
+            explicit_slow: false,
+        };
         // Agents refuse a `watch` payload over MAX_WATCH_BYTES: say so now,
         // not when every agent ignores the list.
-        let watch_bytes: usize = targets.iter().map(|t| t.as_str().len() + 3).sum::<usize>() + 64;
+        let watch_bytes: usize = targets.iter().map(|t| t.as_str().len() + 3).sum::<usize>()
+            + target_levels.len() * 48
+            + 64;
         if watch_bytes > crate::protocol::MAX_WATCH_BYTES {
             return Err(ConfigError::invalid(
                 file,
@@ -1061,6 +1177,8 @@ impl IndexerSettings {
             brokers,
             keepalive,
             targets,
+            target_levels,
+            levels,
             elasticsearch,
             file_output,
             state_dir: raw.state_dir,

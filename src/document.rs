@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
 
-use crate::protocol::{PingResult, Rip, RipReason};
+use crate::protocol::{AgentVerdict, PingResult, Rip, RipReason, TargetVerdict};
 
 /// `event.dataset` of check documents (the Heartbeat ICMP value).
 pub const CHECK_DATASET: &str = "icmp";
@@ -269,20 +269,151 @@ pub fn result_document(r: &PingResult) -> Result<Value, DocumentError> {
     Ok(Value::Object(doc))
 }
 
-/// The lifecycle document of an agent notice received at `at`.
-pub fn rip_document(rip: &Rip, at: SystemTime) -> Value {
+/// The lifecycle document of an agent notice received at `at`. A `stale`
+/// notice is one of an earlier connection of an agent that is connected
+/// again (a will a returning broker publishes late): recorded as such,
+/// never as the agent's loss.
+pub fn rip_document(rip: &Rip, at: SystemTime, stale: bool) -> Value {
     let action = rip.reason.as_str();
-    let message = match rip.reason {
+    let mut message = match rip.reason {
         RipReason::Lost => format!("agent {} lost (broker published its last will)", rip.agent),
         RipReason::Shutdown => format!("agent {} shut down", rip.agent),
+        RipReason::Online => format!(
+            "agent {} connected to {}",
+            rip.agent,
+            rip.broker.as_deref().unwrap_or("a broker")
+        ),
     };
+    if stale {
+        message = format!(
+            "stale notice of an earlier connection (since {}), ignored: {message}",
+            rip.since.as_deref().unwrap_or("?")
+        );
+    }
+    let mut agent = Map::new();
+    insert_opt(
+        &mut agent,
+        "instance",
+        rip.instance.as_ref().map(|i| json!(i)),
+    );
+    insert_opt(&mut agent, "since", rip.since.as_ref().map(|s| json!(s)));
+    insert_opt(&mut agent, "broker", rip.broker.as_ref().map(|b| json!(b)));
+    insert_opt(
+        &mut agent,
+        "watch_version",
+        rip.watch_version.as_ref().map(|v| json!(v)),
+    );
+    agent.insert("stale".into(), json!(stale));
     json!({
         "@timestamp": humantime::format_rfc3339_millis(at).to_string(),
         "ecs": { "version": ECS_VERSION },
         "event": { "dataset": AGENT_DATASET, "kind": "event", "action": action },
         "observer": { "name": rip.agent },
+        "swarming": { "agent": agent },
         "message": message,
     })
+}
+
+/// Adds how the round was judged to its check document: `ping.state`
+/// (`up`, `slow`, `lossy`, `down`; Heartbeat's `monitor.status` stays
+/// up/down) and `ping.levels` (`slow_ms`: the slow threshold applied, ms;
+/// `lossy`: the lossy level, a fraction; `baseline_ms`: the agent's median
+/// rtt for the target, when it has one).
+pub fn add_judgement(doc: &mut Value, j: &crate::insight::verdict::Classified) {
+    let Some(ping) = doc.get_mut("ping").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    ping.insert("state".into(), json!(j.state.as_str()));
+    let mut levels = Map::new();
+    insert_opt(&mut levels, "slow_ms", finite(j.slow_ms));
+    insert_opt(&mut levels, "lossy", finite(j.lossy));
+    insert_opt(&mut levels, "baseline_ms", j.baseline_ms.and_then(finite));
+    ping.insert("levels".into(), Value::Object(levels));
+}
+
+/// `event.dataset` of verdict state-change documents.
+pub const VERDICT_DATASET: &str = "swarming.verdict";
+
+/// A verdict that changed state or cause.
+pub enum VerdictChange<'a> {
+    Target(&'a TargetVerdict),
+    Agent(&'a AgentVerdict),
+}
+
+/// The verdict a transition ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Previous {
+    pub state: String,
+    pub cause: Option<String>,
+    pub since: String,
+}
+
+fn wire<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The state-change document of a verdict transition, with its id: the
+/// same for every indexer (kind, subject, state, cause, since), so two
+/// indexers store one incident once. An incident is the document of the
+/// bad state (its start, `verdict.since`) and the one that ends it, which
+/// carries `verdict.previous` (state, cause, start).
+pub fn verdict_doc(change: &VerdictChange, previous: Option<Previous>) -> (String, Value) {
+    let mut v = Map::new();
+    let (kind, subject, state, since, message) = match change {
+        VerdictChange::Target(t) => {
+            let state = wire(&t.state);
+            let cause = wire(&t.cause);
+            v.insert("cause".into(), json!(cause));
+            v.insert("agents_bad".into(), json!(t.agents_bad));
+            v.insert("agents_total".into(), json!(t.agents_total));
+            v.insert("providers_bad".into(), json!(t.providers_bad));
+            insert_opt(&mut v, "provider", t.provider.as_ref().map(|p| json!(p)));
+            let message = format!(
+                "target {}: {state}, cause {cause} ({} of {} agents bad, {} providers) since {}",
+                t.target, t.agents_bad, t.agents_total, t.providers_bad, t.since
+            );
+            ("target", &t.target, state, &t.since, message)
+        }
+        VerdictChange::Agent(a) => {
+            let state = wire(&a.state);
+            v.insert("reason".into(), json!(a.reason));
+            let message = format!("agent {}: {state} since {}: {}", a.agent, a.since, a.reason);
+            ("agent", &a.agent, state, &a.since, message)
+        }
+    };
+    let cause = v
+        .get("cause")
+        .and_then(|c| c.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let id = hash_id(&["verdict", kind, subject, &state, &cause, since]);
+    v.insert("kind".into(), json!(kind));
+    v.insert("subject".into(), json!(subject));
+    v.insert("state".into(), json!(state));
+    v.insert("since".into(), json!(since));
+    let mut message = message;
+    if let Some(p) = previous {
+        message.push_str(&format!("; was {} since {}", p.state, p.since));
+        let mut prev = Map::new();
+        prev.insert("state".into(), json!(p.state));
+        insert_opt(&mut prev, "cause", p.cause.map(|c| json!(c)));
+        prev.insert("since".into(), json!(p.since));
+        v.insert("previous".into(), Value::Object(prev));
+    }
+    let mut doc = json!({
+        "@timestamp": since,
+        "ecs": { "version": ECS_VERSION },
+        "event": { "dataset": VERDICT_DATASET, "kind": "state", "action": format!("{kind}.{state}") },
+        "verdict": v,
+        "message": message,
+    });
+    if let VerdictChange::Agent(a) = change {
+        doc["observer"] = json!({ "name": a.agent });
+    }
+    (id, doc)
 }
 
 /// Which Kibana app the check documents are shaped for.
@@ -641,6 +772,7 @@ mod tests {
             agent: "a".into(),
             reason: RipReason::Lost,
             since: Some("2026-11-25T12:00:00Z".into()),
+            ..Rip::default()
         };
         let t1 = SystemTime::now();
         let t2 = t1 + Duration::from_secs(3);
@@ -766,9 +898,9 @@ mod tests {
         let lost = Rip {
             agent: "a1".into(),
             reason: RipReason::Lost,
-            since: None,
+            ..Rip::default()
         };
-        let d = rip_document(&lost, at);
+        let d = rip_document(&lost, at, false);
         assert_eq!(d["@timestamp"], "2026-11-25T12:00:05.250Z");
         assert_eq!(d["event"]["dataset"], "swarming.agent");
         assert_eq!(d["event"]["action"], "lost");
@@ -776,9 +908,12 @@ mod tests {
         let shut = Rip {
             agent: "a1".into(),
             reason: RipReason::Shutdown,
-            since: None,
+            ..Rip::default()
         };
-        assert_eq!(rip_document(&shut, at)["event"]["action"], "shutdown");
+        assert_eq!(
+            rip_document(&shut, at, false)["event"]["action"],
+            "shutdown"
+        );
         assert_ne!(rip_doc_id(&lost, at), rip_doc_id(&shut, at));
         assert_eq!(rip_doc_id(&lost, at), rip_doc_id(&lost.clone(), at));
     }

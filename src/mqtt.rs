@@ -186,6 +186,11 @@ pub struct LinkHandles {
     pub attempts: watch::Sender<u64>,
     /// Set when another agent uses our name, with what gave it away.
     pub clash: watch::Sender<Option<String>>,
+    /// The `version` of the `watch` list the agent applied (`Some(None)`
+    /// for a list without one): announced in our `online` presence.
+    pub applied: watch::Receiver<Option<Option<String>>>,
+    /// The indexers' verdict on this agent (`verdict/agent/{name}`).
+    pub verdict: watch::Sender<Option<protocol::AgentVerdict>>,
 }
 
 enum SessionEnd {
@@ -269,26 +274,22 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// A lifecycle notice with the sender's instance id (an extra field the
-/// contract allows: readers ignore unknown fields).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct AgentRip {
-    #[serde(flatten)]
-    rip: Rip,
-    #[serde(default)]
-    instance: Option<String>,
-}
-
-/// The notice of a session that started at `since` (RFC 3339): the time
-/// makes each session's notice distinct, and the same for every indexer.
-fn rip_payload(cfg: &LinkConfig, reason: RipReason, since: &str) -> Vec<u8> {
-    serde_json::to_vec(&AgentRip {
-        rip: Rip {
-            agent: cfg.name.clone(),
-            reason,
-            since: Some(since.to_owned()),
-        },
+/// The agent's presence on `rip/agent/{name}` for the session that
+/// started at `since` (RFC 3339): (instance, since) identifies the
+/// connection, the same for every indexer.
+fn rip_payload(
+    cfg: &LinkConfig,
+    reason: RipReason,
+    since: &str,
+    online: Option<(&Broker, Option<&str>)>,
+) -> Vec<u8> {
+    serde_json::to_vec(&Rip {
+        agent: cfg.name.clone(),
+        reason,
+        since: Some(since.to_owned()),
         instance: Some(cfg.instance.clone()),
+        broker: online.map(|(b, _)| b.to_string()),
+        watch_version: online.and_then(|(_, v)| v.map(str::to_owned)),
     })
     .unwrap_or_default()
 }
@@ -296,87 +297,104 @@ fn rip_payload(cfg: &LinkConfig, reason: RipReason, since: &str) -> Vec<u8> {
 fn will(cfg: &LinkConfig, since: &str) -> LastWill {
     LastWill::new(
         protocol::rip_topic(&cfg.name),
-        rip_payload(cfg, RipReason::Lost, since),
+        rip_payload(cfg, RipReason::Lost, since, None),
         QoS::AtLeastOnce,
-        false,
+        // Retained, like every presence notice: the topic always holds the
+        // agent's latest state for new subscribers.
+        true,
     )
 }
 
-/// Sessions closed by the broker within this window that mean another
-/// client uses our id (mosquitto hands the id to the newest connection and
-/// closes the other; two agents of one name take turns doing so).
-const KICK_WINDOW: Duration = Duration::from_secs(300);
-/// Closures within [`KICK_WINDOW`] that mean a clash.
-const KICKS_FOR_CLASH: usize = 3;
+/// Foreign instances remembered (anyone may publish on our topic).
+const MAX_FOREIGN: usize = 64;
 
-/// Watches for another agent using our name: the broker closing our
-/// sessions again and again, or another instance's notices on our
-/// `rip/agent/{name}`.
+/// Watches our own `rip/agent/{name}` for another agent using our name.
+///
+/// Each agent process has its own client id (name and instance), so two
+/// agents of one name both stay connected and both results are kept, and
+/// each publishes its retained `online` presence on connect. A *live*
+/// `online` notice of another instance (not the retained copy delivered on
+/// subscribing, which may be our own previous run) means another process
+/// of our name has just connected: a clash. `lost` and `shutdown` notices
+/// of other instances are what earlier runs leave behind, never a clash.
 #[derive(Default)]
 struct ClashWatch {
-    /// Foreign instance ids seen, and how often.
-    foreign: std::collections::HashMap<String, u32>,
-    /// When the broker closed our established sessions.
-    closures: VecDeque<tokio::time::Instant>,
+    /// Foreign instances already reported.
+    reported: std::collections::HashSet<String>,
+}
+
+/// What to do about a notice on our own topic.
+#[derive(Debug, PartialEq, Eq)]
+enum ClashSeen {
+    Nothing,
+    /// A clash: report it, and publish our presence again so that the
+    /// other agent sees ours live too (once per foreign instance, so two
+    /// agents answer each other once and stop).
+    Clash(String),
 }
 
 impl ClashWatch {
-    /// A notice on our own rip topic; `Some(description)` on a clash.
-    fn notice(&mut self, cfg: &LinkConfig, payload: &[u8]) -> Option<String> {
+    /// A notice on our own rip topic; `retained` when it is the stored
+    /// copy delivered on subscribing.
+    fn notice(&mut self, cfg: &LinkConfig, payload: &[u8], retained: bool) -> ClashSeen {
         if payload.len() > protocol::MAX_RESULT_BYTES {
-            return None;
+            return ClashSeen::Nothing;
         }
-        let n: AgentRip = serde_json::from_slice(payload).ok()?;
-        let other = n.instance?;
+        let Ok(n) = serde_json::from_slice::<Rip>(payload) else {
+            return ClashSeen::Nothing;
+        };
+        let Some(other) = n.instance else {
+            return ClashSeen::Nothing;
+        };
         if other == cfg.instance {
-            return None;
+            return ClashSeen::Nothing;
         }
-        // Anyone may publish here: keep the memory bounded.
-        if self.foreign.len() >= 64 && !self.foreign.contains_key(&other) {
-            self.foreign.clear();
+        if retained || n.reason != RipReason::Online {
+            tracing::info!(agent = %cfg.name, other_instance = %other, reason = n.reason.as_str(), "a notice of another instance of this agent name: an earlier run");
+            return ClashSeen::Nothing;
         }
-        let seen = self.foreign.entry(other.clone()).or_insert(0);
-        *seen += 1;
-        // One will from another instance can be our own previous process
-        // (killed, its will published after we started): say so quietly.
-        // A second one from the same instance means it is alive.
-        if *seen < 2 {
-            tracing::warn!(agent = %cfg.name, other_instance = %other, reason = n.rip.reason.as_str(), "a notice of another instance of this agent name: a previous run, or a name clash if it repeats");
-            return None;
+        if self.reported.len() >= MAX_FOREIGN {
+            self.reported.clear();
         }
-        Some(format!(
-            "another agent named {:?} (instance {other}, ours {}) is running: its notices reach us on {}",
+        if !self.reported.insert(other.clone()) {
+            return ClashSeen::Nothing;
+        }
+        ClashSeen::Clash(format!(
+            "another agent named {:?} (instance {other}, ours {}) connected to {} just now: its presence reached us on {}",
             cfg.name,
             cfg.instance,
+            n.broker.as_deref().unwrap_or("a broker"),
             protocol::rip_topic(&cfg.name)
         ))
     }
+}
 
-    /// An established session ended; `closed` when the broker closed it
-    /// (rather than a timeout or a network error).
-    fn session_lost(&mut self, cfg: &LinkConfig, broker: &Broker, closed: bool) -> Option<String> {
-        if !closed {
-            return None;
-        }
-        let now = tokio::time::Instant::now();
-        self.closures.push_back(now);
-        while self
-            .closures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > KICK_WINDOW)
-        {
-            self.closures.pop_front();
-        }
-        (self.closures.len() >= KICKS_FOR_CLASH).then(|| {
-            format!(
-                "broker {broker} closed our connection {} times in {} minutes: another client uses our client id {} (another agent named {:?}), unless that broker keeps restarting",
-                self.closures.len(),
-                KICK_WINDOW.as_secs() / 60,
-                client_id("swarming-agent", &cfg.name),
-                cfg.name,
-            )
-        })
+/// Takes the indexers' verdict on this agent; logs it when its state
+/// changes (a `trouble` verdict loudly).
+fn take_verdict(cfg: &LinkConfig, h: &LinkHandles, payload: &[u8]) {
+    if payload.is_empty() {
+        h.verdict.send_replace(None);
+        return;
     }
+    let v = match serde_json::from_slice::<protocol::AgentVerdict>(payload) {
+        Ok(v) if v.agent == cfg.name && payload.len() <= protocol::MAX_RESULT_BYTES => v,
+        _ => {
+            tracing::debug!("unreadable verdict on our verdict topic: ignored");
+            return;
+        }
+    };
+    let before = h.verdict.borrow().as_ref().map(|o| o.state);
+    if before != Some(v.state) {
+        match v.state {
+            protocol::AgentState::Trouble => {
+                tracing::warn!(since = %v.since, reason = %v.reason, "the indexers' verdict: TROUBLE ON THIS AGENT (it's me, not the targets)")
+            }
+            s => {
+                tracing::info!(state = ?s, since = %v.since, reason = %v.reason, "the indexers' verdict on this agent")
+            }
+        }
+    }
+    h.verdict.send_replace(Some(v));
 }
 
 fn report_clash(h: &LinkHandles, what: String) {
@@ -477,8 +495,14 @@ async fn agent_session(
     clash: &mut ClashWatch,
 ) -> SessionEnd {
     h.state_tx.send_replace(LinkState::Connecting);
+    // One client id per process: two agents of one name (a mistake, told
+    // loudly by `ClashWatch`) must not take the id from each other in a
+    // reconnect loop; the session is clean, so nothing is lost by it.
     let mut opts = options(
-        client_id("swarming-agent", &cfg.name),
+        client_id(
+            "swarming-agent",
+            &format!("{}-{}", cfg.name, cfg.instance.get(..8).unwrap_or("")),
+        ),
         broker,
         cfg.keepalive,
         true,
@@ -510,12 +534,30 @@ async fn agent_session(
             lasted: Duration::ZERO,
         };
     }
-    // Our own lifecycle topic: another instance's notices there reveal a
-    // name clash.
+    // Our own lifecycle topic: another instance's presence there reveals a
+    // name clash. Our verdict: the indexers' word on whether it is us.
     let rip_topic = protocol::rip_topic(&cfg.name);
-    if let Err(e) = client.try_subscribe(rip_topic.clone(), QoS::AtMostOnce) {
-        tracing::debug!(broker = %broker, error = %e, "cannot subscribe to our rip topic");
+    let verdict_topic = format!("{}{}", protocol::VERDICT_AGENT_PREFIX, cfg.name);
+    for (topic, qos) in [
+        (&rip_topic, QoS::AtMostOnce),
+        (&verdict_topic, QoS::AtLeastOnce),
+    ] {
+        if let Err(e) = client.try_subscribe(topic.clone(), qos) {
+            tracing::debug!(broker = %broker, error = %e, topic, "cannot subscribe");
+        }
     }
+    let mut applied = h.applied.clone();
+    applied.borrow_and_update();
+    // Our presence, retained: who we are, where, since when, which list.
+    let presence = |applied: &watch::Receiver<Option<Option<String>>>| Message {
+        topic: rip_topic.clone(),
+        payload: rip_payload(
+            cfg,
+            RipReason::Online,
+            &session_start,
+            Some((broker, applied.borrow().clone().flatten().as_deref())),
+        ),
+    };
 
     // Published, not yet acknowledged, in publish order. A broker sends
     // PUBACKs in the order it received the PUBLISHes (MQTT 3.1.1, 4.6), so
@@ -532,6 +574,8 @@ async fn agent_session(
     };
     let mut draining = false;
     let mut notice_sent = false;
+    // Presence notices to publish (retained) before the next results.
+    let mut announce = 1u32;
     // Results go out in batches: a batch of publishes written back to back
     // leaves in few TCP segments (Nagle holds the small writes behind the
     // first unacknowledged one) and its PUBACKs come back together, instead
@@ -557,6 +601,17 @@ async fn agent_session(
         if room > 0 && queued > 0 {
             linger = None;
         }
+        while announce > 0 && !draining && inflight.len() < WINDOW {
+            let m = presence(&applied);
+            if client
+                .try_publish(m.topic.clone(), QoS::AtLeastOnce, true, m.payload.clone())
+                .is_err()
+            {
+                break;
+            }
+            inflight.push_back(m);
+            announce -= 1;
+        }
         while inflight.len() < room {
             let Some(m) = h.outbox.pop() else { break };
             match client.try_publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone()) {
@@ -571,13 +626,13 @@ async fn agent_session(
         if draining && !notice_sent && inflight.is_empty() && h.outbox.is_empty() {
             let notice = Message {
                 topic: rip_topic.clone(),
-                payload: rip_payload(cfg, RipReason::Shutdown, &session_start),
+                payload: rip_payload(cfg, RipReason::Shutdown, &session_start, None),
             };
             if client
                 .try_publish(
                     notice.topic.clone(),
                     QoS::AtLeastOnce,
-                    false,
+                    true,
                     notice.payload.clone(),
                 )
                 .is_ok()
@@ -596,9 +651,13 @@ async fn agent_session(
                 h.heartbeat.fetch_add(1, Ordering::Relaxed);
                 match ev {
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == rip_topic => {
-                        if let Some(what) = clash.notice(cfg, &p.payload) {
+                        if let ClashSeen::Clash(what) = clash.notice(cfg, &p.payload, p.retain) {
                             report_clash(h, what);
+                            announce += 1;
                         }
+                    }
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == verdict_topic => {
+                        take_verdict(cfg, h, &p.payload);
                     }
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         if p.topic == protocol::WATCH_TOPIC && h.watch_tx.send(p.payload.to_vec()).await.is_err() {
@@ -613,13 +672,7 @@ async fn agent_session(
                     Some(Err(e)) => {
                         tracing::warn!(broker = %broker, error = %e, requeued = inflight.len(), "lost broker: moving to the next");
                         requeue(inflight);
-                        let lasted = since.elapsed();
-                        let eof = matches!(&e, rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(io)) if matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe))
-                            || matches!(&e, rumqttc::ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted));
-                        if let Some(what) = clash.session_lost(cfg, broker, eof) {
-                            report_clash(h, what);
-                        }
-                        return SessionEnd::Lost { lasted };
+                        return SessionEnd::Lost { lasted: since.elapsed() };
                     }
                     None => {
                         requeue(inflight);
@@ -630,6 +683,12 @@ async fn agent_session(
             _ = h.outbox.notified(), if inflight.len() <= WINDOW - BATCH && linger.is_none() => {}
             _ = sleep_until_some(linger), if inflight.len() <= WINDOW - BATCH => {}
             _ = drain.cancelled(), if !draining => draining = true,
+            changed = applied.changed() => {
+                if changed.is_ok() {
+                    // Acknowledge the applied list version.
+                    announce = 1;
+                }
+            }
             changed = config.changed() => {
                 if changed.is_err() {
                     requeue(inflight);
@@ -673,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn a_name_clash_is_told_by_repeated_foreign_notices_or_closures() {
+    fn a_name_clash_is_a_live_online_notice_of_another_instance() {
         let cfg = LinkConfig {
             name: "twin".into(),
             instance: "aaaa".into(),
@@ -681,23 +740,26 @@ mod tests {
             keepalive: Duration::from_secs(1),
             auth: Default::default(),
         };
-        let broker: Broker = "127.0.0.1:1883".parse().unwrap();
         let mut w = ClashWatch::default();
-        let ours = br#"{"agent":"twin","reason":"lost","instance":"aaaa"}"#;
-        let theirs = br#"{"agent":"twin","reason":"lost","instance":"bbbb"}"#;
-        assert_eq!(w.notice(&cfg, ours), None);
-        assert_eq!(w.notice(&cfg, b"garbage"), None);
-        // One foreign will may be our own previous run; two is a clash.
-        assert_eq!(w.notice(&cfg, theirs), None);
-        let clash = w.notice(&cfg, theirs).expect("a clash");
-        assert!(clash.contains("bbbb") && clash.contains("twin"), "{clash}");
-        // Timeouts say nothing; the third closure by the broker does.
-        let mut w = ClashWatch::default();
-        assert_eq!(w.session_lost(&cfg, &broker, false), None);
-        assert_eq!(w.session_lost(&cfg, &broker, true), None);
-        assert_eq!(w.session_lost(&cfg, &broker, true), None);
-        let clash = w.session_lost(&cfg, &broker, true).expect("a clash");
-        assert!(clash.contains("swarming-agent-twin"), "{clash}");
+        let ours = br#"{"agent":"twin","reason":"online","instance":"aaaa"}"#;
+        let their_will = br#"{"agent":"twin","reason":"lost","instance":"bbbb"}"#;
+        let theirs = br#"{"agent":"twin","reason":"online","instance":"bbbb","broker":"b:1883"}"#;
+        assert_eq!(w.notice(&cfg, ours, false), ClashSeen::Nothing);
+        assert_eq!(w.notice(&cfg, b"garbage", false), ClashSeen::Nothing);
+        // An earlier run's will, even live, and its retained presence are
+        // history, not a clash.
+        assert_eq!(w.notice(&cfg, their_will, false), ClashSeen::Nothing);
+        assert_eq!(w.notice(&cfg, theirs, true), ClashSeen::Nothing);
+        // Another process of our name connecting now is.
+        let ClashSeen::Clash(what) = w.notice(&cfg, theirs, false) else {
+            panic!("no clash")
+        };
+        assert!(
+            what.contains("bbbb") && what.contains("twin") && what.contains("b:1883"),
+            "{what}"
+        );
+        // Told once per instance: two agents answer each other once, then stop.
+        assert_eq!(w.notice(&cfg, theirs, false), ClashSeen::Nothing);
     }
 
     #[test]

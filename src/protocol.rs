@@ -127,14 +127,44 @@ pub fn forbidden_address(ip: IpAddr) -> bool {
 #[serde(untagged)]
 pub enum TargetSpec {
     Host(String),
-    // Unknown keys are ignored on purpose: room for per-target settings.
-    Object { host: String },
+    /// Unknown keys are ignored on purpose: room for per-target settings.
+    /// `slow` and `lossy` are the target's levels (contract v2), read by
+    /// indexers, ignored by agents; a value of the wrong type reads as
+    /// absent, so a list never fails on them.
+    Object {
+        host: String,
+        /// Slow level, a duration such as `"40ms"`.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "lenient"
+        )]
+        slow: Option<String>,
+        /// Lossy level, a fraction of the echoes (0 to 1).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "lenient"
+        )]
+        lossy: Option<f64>,
+    },
+}
+
+/// Reads a value of the wrong type as `None` instead of failing the whole
+/// message: per-target settings are advice, the host list is what counts.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
 }
 
 impl TargetSpec {
     pub fn host(&self) -> &str {
         match self {
-            TargetSpec::Host(h) | TargetSpec::Object { host: h } => h,
+            TargetSpec::Host(h) | TargetSpec::Object { host: h, .. } => h,
         }
     }
 }
@@ -314,34 +344,52 @@ impl PingResult {
 }
 
 /// Why an agent's lifecycle notice was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RipReason {
     /// The broker published the last will: the agent vanished.
     Lost,
     /// The agent stopped cleanly.
     Shutdown,
+    /// The agent is connected (contract v2): published retained on every
+    /// connect and after every applied `watch` list.
+    #[default]
+    Online,
 }
 
 impl RipReason {
-    /// The wire name (`lost`, `shutdown`), as serialized.
+    /// The wire name (`lost`, `shutdown`, `online`), as serialized.
     pub fn as_str(self) -> &'static str {
         match self {
             RipReason::Lost => "lost",
             RipReason::Shutdown => "shutdown",
+            RipReason::Online => "online",
         }
     }
 }
 
-/// Payload of `rip/agent/{agent}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Payload of `rip/agent/{agent}`: the agent's presence, retained (contract
+/// v2; v1 agents send `lost` and `shutdown` only, without `instance`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Rip {
     pub agent: String,
     pub reason: RipReason,
     /// When the agent's session with this broker started (RFC 3339 UTC,
-    /// milliseconds): with `agent` and `reason` it identifies the notice.
+    /// milliseconds): with `instance` it identifies the connection, and
+    /// with `agent` and `reason` the notice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Random per agent process: tells a restarted agent, or two agents of
+    /// one name, apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The broker this session is on (`host:port`), in `online` notices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// The `version` of the `watch` list the agent applied, in `online`
+    /// notices (absent before the first list, and for plain-text lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_version: Option<String>,
 }
 
 /// Prefix of the retained verdicts on targets: `verdict/target/{target}`.
@@ -594,11 +642,11 @@ mod tests {
         let rip = serde_json::to_string(&Rip {
             agent: "a".into(),
             reason: RipReason::Lost,
-            since: None,
+            ..Rip::default()
         })
         .unwrap();
         assert_eq!(rip, r#"{"agent":"a","reason":"lost"}"#);
-        for r in [RipReason::Lost, RipReason::Shutdown] {
+        for r in [RipReason::Lost, RipReason::Shutdown, RipReason::Online] {
             assert_eq!(
                 serde_json::to_string(&r).unwrap(),
                 format!("\"{}\"", r.as_str())

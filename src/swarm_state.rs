@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::config::Broker;
 use crate::indexer::AgentSeen;
-use crate::protocol::{PingResult, RipReason, Target};
+use crate::protocol::{PingResult, Rip, RipReason, Target};
 
 /// Agents remembered.
 pub const MAX_AGENTS: usize = 10_000;
@@ -94,6 +94,8 @@ fn age(now: SystemTime, t: SystemTime) -> f64 {
 #[derive(Debug, Clone)]
 struct Agent {
     seen: AgentSeen,
+    /// The `watch` version it acknowledged in its presence (contract v2).
+    list_version: Option<String>,
     labels: BTreeMap<String, String>,
     broker: Option<Broker>,
     /// Round start of the newest result (the agent's clock, RFC 3339).
@@ -164,8 +166,8 @@ pub struct AgentView {
     pub interval: f64,
     /// `lost` or `shutdown` when a notice came after its last result.
     pub notice: Option<&'static str>,
-    /// Version of the target list it runs: not in results of wire contract
-    /// v1, so null.
+    /// Version of the target list it runs, from its presence (null for
+    /// agents of wire contract v1, which do not say).
     pub list_version: Option<String>,
 }
 
@@ -282,7 +284,10 @@ impl SwarmState {
                 last_result: None,
                 interval: r.interval,
                 last_rip: None,
+                session: None,
+                result_broker: None,
             },
+            list_version: None,
             labels: BTreeMap::new(),
             broker: None,
             last_round: String::new(),
@@ -328,9 +333,20 @@ impl SwarmState {
     }
 
     /// An agent's notice (`lost` or `shutdown`).
-    pub fn record_rip(&self, agent: &str, reason: RipReason, now: SystemTime) {
-        if let Some(a) = self.lock().agents.get_mut(agent) {
-            a.seen.last_rip = Some((reason, now));
+    /// Records a notice that is news (not stale): `online` presence
+    /// carries the list version the agent applied; `lost` and `shutdown`
+    /// mark it gone until its next result.
+    pub fn record_rip(&self, rip: &Rip, now: SystemTime) {
+        if let Some(a) = self.lock().agents.get_mut(&rip.agent) {
+            match rip.reason {
+                RipReason::Online => {
+                    a.seen.last_rip = None;
+                    if rip.watch_version.is_some() {
+                        a.list_version.clone_from(&rip.watch_version);
+                    }
+                }
+                r => a.seen.last_rip = Some((r, now)),
+            }
         }
     }
 
@@ -387,7 +403,7 @@ impl SwarmState {
                     .last_rip
                     .filter(|(_, at)| a.seen.last_result.is_none_or(|r| *at >= r))
                     .map(|(reason, _)| reason.as_str()),
-                list_version: None,
+                list_version: a.list_version.clone(),
             })
             .collect();
         let mut cells: Vec<CellView> = s
@@ -516,7 +532,14 @@ mod tests {
         let s = SwarmState::new();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         feed(&s, ("a", "x", "2026-01-01T00:00:10Z", 1, 1), 1, t0);
-        s.record_rip("a", RipReason::Shutdown, t0 + Duration::from_secs(1));
+        s.record_rip(
+            &Rip {
+                agent: "a".into(),
+                reason: RipReason::Shutdown,
+                ..Rip::default()
+            },
+            t0 + Duration::from_secs(1),
+        );
         let snap = s.snapshot(t0 + Duration::from_secs(2));
         assert!(!snap.agents[0].alive);
         assert_eq!(snap.agents[0].notice, Some("shutdown"));

@@ -7,6 +7,7 @@
 //! two agents of one name do not publish the same timestamps.
 
 pub mod once;
+pub mod self_check;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,7 +165,12 @@ impl Scheduler {
 
 /// Parses a `watch` payload and applies it; malformed ones are counted,
 /// logged and ignored (the previous list stays). True when applied.
-pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStats) -> bool {
+/// Applies a `watch` payload; `Some(version)` when it was applied.
+pub fn handle_watch(
+    payload: &[u8],
+    scheduler: &mut Scheduler,
+    stats: &AgentStats,
+) -> Option<Option<String>> {
     let verified = scheduler
         .verifier
         .lock()
@@ -173,7 +179,7 @@ pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStat
     if let Err(e) = verified {
         let n = stats.watch_rejected.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(error = %e, rejected_total = n, "watch message refused; keeping the previous list");
-        return false;
+        return None;
     }
     match WatchList::parse(payload) {
         Ok(mut parsed) => {
@@ -191,12 +197,12 @@ pub fn handle_watch(payload: &[u8], scheduler: &mut Scheduler, stats: &AgentStat
                 "watch list received"
             );
             scheduler.apply(parsed.targets);
-            true
+            Some(parsed.version)
         }
         Err(e) => {
             let n = stats.watch_rejected.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(error = %e, rejected_total = n, "watch message ignored; keeping the previous list");
-            false
+            None
         }
     }
 }
@@ -216,6 +222,10 @@ pub struct AgentView {
     pub attempts: watch::Receiver<u64>,
     /// Another agent uses our name (set by the link), with what it saw.
     pub clash: watch::Receiver<Option<String>>,
+    /// The indexers' verdict on this agent, when one was received.
+    pub verdict: watch::Receiver<Option<protocol::AgentVerdict>>,
+    /// The agent's own "it's probably me" flag.
+    pub self_check: Arc<self_check::SelfCheck>,
     /// Echoes sent / received at the last status line.
     last: Arc<(AtomicU64, AtomicU64)>,
     /// Targets refused by allow/deny or as forbidden addresses.
@@ -294,9 +304,18 @@ impl Agent {
         let tracker = TaskTracker::new();
         let sink_outbox = outbox.clone();
         let sink_heartbeat = heartbeat.clone();
+        let self_check = Arc::new(self_check::SelfCheck::default());
+        let sink_check = self_check.clone();
         let sink: crate::ping::Sink = Box::new(move |r: RoundResult| {
             let topic = protocol::ping_topic(r.target.as_str());
+            let slot_ms = i64::try_from(r.slot_ms).unwrap_or(i64::MAX);
             let result = to_result(&identity.borrow(), r);
+            sink_check.round(
+                &result.target,
+                slot_ms,
+                (result.interval * 1000.0) as i64,
+                result.received == 0,
+            );
             sink_heartbeat.fetch_add(1, Ordering::Relaxed);
             match serde_json::to_vec(&result) {
                 Ok(payload) => sink_outbox.push(Message { topic, payload }),
@@ -318,6 +337,8 @@ impl Agent {
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
         let (attempts_tx, attempts_rx) = watch::channel(0u64);
         let (clash_tx, clash_rx) = watch::channel(None);
+        let (applied_tx, applied_rx) = watch::channel(None);
+        let (verdict_tx, verdict_rx) = watch::channel(None);
         let (targets_tx, targets_rx) = watch::channel(0usize);
         let drain = CancellationToken::new();
         let link = tokio::spawn(mqtt::run_agent_link(
@@ -329,6 +350,8 @@ impl Agent {
                 heartbeat: heartbeat.clone(),
                 attempts: attempts_tx,
                 clash: clash_tx,
+                applied: applied_rx,
+                verdict: verdict_tx,
             },
             drain.clone(),
         ));
@@ -356,8 +379,9 @@ impl Agent {
                         }
                         // Only an applied list is kept: a limit change
                         // re-applies it.
-                        if handle_watch(&payload, &mut scheduler, &main_stats) {
+                        if let Some(version) = handle_watch(&payload, &mut scheduler, &main_stats) {
                             last_watch = Some(payload);
+                            applied_tx.send_replace(Some(version));
                         }
                         targets_tx.send_replace(scheduler.len());
                     }
@@ -365,7 +389,7 @@ impl Agent {
                         if changed.is_err() { break; }
                         scheduler.set_max_targets(*max_targets_rx.borrow_and_update());
                         if let Some(p) = &last_watch {
-                            handle_watch(p, &mut scheduler, &main_stats);
+                            let _ = handle_watch(p, &mut scheduler, &main_stats);
                             targets_tx.send_replace(scheduler.len());
                         }
                     }
@@ -387,6 +411,8 @@ impl Agent {
             heartbeat,
             attempts: attempts_rx,
             clash: clash_rx,
+            verdict: verdict_rx,
+            self_check,
             last: Arc::default(),
             guard,
         };
@@ -583,6 +609,17 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
     };
     if e.ended.load(Ordering::Relaxed) {
         clash.insert_str(0, "ICMP LOOP STOPPED; ");
+    }
+    if let Some(v) = &*v.verdict.borrow() {
+        if v.state == protocol::AgentState::Trouble {
+            clash.push_str(&format!(
+                "TROUBLE (indexers' verdict since {}: {}); ",
+                v.since, v.reason
+            ));
+        }
+    }
+    if let Some(f) = v.self_check.flagged() {
+        clash.push_str(&format!("PROBABLY ME: {f}; "));
     }
     format!(
         "{clash}{link}; {mode}; {} targets every {}s{stretched}; {} rounds, {} slots skipped; last period {}/{} echoes answered; {} queued, {} dropped; {} refused by rules, {} watch lists refused",

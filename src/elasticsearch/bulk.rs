@@ -58,11 +58,26 @@ impl BulkDoc {
         Ok(BulkDoc::new(document::doc_id(result), &source))
     }
 
-    /// The lifecycle document of an agent notice received at `at`.
-    pub fn from_rip(rip: &Rip, at: SystemTime) -> BulkDoc {
+    /// [`BulkDoc::from_result_as`] with how the round was judged (see
+    /// [`document::add_judgement`]).
+    pub fn from_judged_result(
+        result: &PingResult,
+        shaper: &document::CheckShaper,
+        judged: Option<&crate::insight::verdict::Classified>,
+    ) -> Result<BulkDoc, DocumentError> {
+        let mut source = shaper.document(result)?;
+        if let Some(j) = judged {
+            document::add_judgement(&mut source, j);
+        }
+        Ok(BulkDoc::new(document::doc_id(result), &source))
+    }
+
+    /// The lifecycle document of an agent notice received at `at`
+    /// (`stale`: of an earlier connection, see [`document::rip_document`]).
+    pub fn from_rip(rip: &Rip, at: SystemTime, stale: bool) -> BulkDoc {
         BulkDoc::new(
             document::rip_doc_id(rip, at),
-            &document::rip_document(rip, at),
+            &document::rip_document(rip, at, stale),
         )
     }
 

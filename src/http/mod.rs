@@ -274,10 +274,12 @@ impl Endpoint {
 }
 
 fn configure(swarm: &SwarmState, settings: &crate::config::IndexerSettings) {
-    let version =
-        crate::protocol::WatchList::parse(&crate::indexer::watch_payload(&settings.targets))
-            .ok()
-            .and_then(|w| w.version);
+    let version = crate::protocol::WatchList::parse(&crate::indexer::watch_payload(
+        &settings.targets,
+        &settings.target_levels,
+    ))
+    .ok()
+    .and_then(|w| w.version);
     swarm.set_targets(&settings.targets, version);
     swarm.set_brokers(&settings.brokers);
 }

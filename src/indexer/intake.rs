@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 use crate::config::Broker;
 use crate::document::{self, DocumentError};
 use crate::elasticsearch::BulkDoc;
-use crate::protocol::{self, PingResult, Rip};
+use crate::insight::verdict::Notice;
+use crate::protocol::{self, PingResult, Rip, RipReason};
 
-use super::agents::{AgentSeen, Agents, MAX_AGENTS};
+use super::agents::{AgentSeen, Agents, NoticeKind, MAX_AGENTS};
 use super::stats::{BrokerStats, IndexerStats, Throttled};
 
 /// Oldest result timestamp accepted, relative to the indexer's clock:
@@ -33,6 +34,8 @@ pub enum Refusal {
     TargetMismatch,
     #[error("agent name {name:?}: {why}")]
     AgentName { name: String, why: String },
+    #[error("notice field {0} over 256 bytes")]
+    FieldTooLong(&'static str),
     #[error("received {received} > sent {sent}")]
     MoreReceivedThanSent { sent: u32, received: u32 },
     #[error("timestamp {0} is outside the accepted window (30 days back, 1 hour ahead)")]
@@ -52,12 +55,19 @@ pub struct Intake {
     shaper: document::CheckShaper,
     /// What the HTTP page and metrics show. http: hook
     pub swarm: Arc<crate::swarm_state::SwarmState>,
+    /// Judges each result and feeds the verdicts.
+    pub insight: Arc<super::insight::Insight>,
 }
 
 impl Intake {
-    pub fn new(stats: Arc<IndexerStats>, shaper: document::CheckShaper) -> Self {
+    pub fn new(
+        stats: Arc<IndexerStats>,
+        shaper: document::CheckShaper,
+        insight: Arc<super::insight::Insight>,
+    ) -> Self {
         Intake {
             shaper,
+            insight,
             swarm: Arc::new(crate::swarm_state::SwarmState::new()),
             stats,
             agents: Mutex::new(Agents::new(MAX_AGENTS)),
@@ -97,7 +107,7 @@ impl Intake {
         } else if let Some(target) = topic.strip_prefix(protocol::PING_PREFIX) {
             self.result(broker, target, payload, now).map(Some)
         } else if topic.starts_with(protocol::RIP_AGENT_PREFIX) {
-            self.notice(broker, payload, now).map(Some)
+            self.notice(broker, payload, now)
         } else {
             Ok(None)
         };
@@ -151,9 +161,12 @@ impl Intake {
             return Err(Refusal::OutOfWindow(canonical));
         }
         r.timestamp = canonical;
-        let doc = BulkDoc::from_result_as(&r, &self.shaper)?;
+        let judged = self.insight.observe(&r, at);
+        let doc = BulkDoc::from_judged_result(&r, &self.shaper, judged.as_ref())?;
         self.swarm.record_result(&r, broker, now); // http: hook
-        let touched = self.agents().result(&r.agent, r.interval, now);
+        let touched = self
+            .agents()
+            .result(&r.agent, r.interval, &broker.to_string(), now);
         if touched.evicted {
             self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
         }
@@ -167,21 +180,72 @@ impl Intake {
         Ok(doc)
     }
 
-    fn notice(&self, broker: &Broker, payload: &[u8], now: SystemTime) -> Result<BulkDoc, Refusal> {
-        let rip: Rip = serde_json::from_slice(payload)?;
+    /// A notice on `rip/agent/...`: a document, or `None` for a repeat of
+    /// what is known (a retained copy delivered again).
+    fn notice(
+        &self,
+        broker: &Broker,
+        payload: &[u8],
+        now: SystemTime,
+    ) -> Result<Option<BulkDoc>, Refusal> {
+        let mut rip: Rip = serde_json::from_slice(payload)?;
         check_agent(&rip.agent)?;
-        if let Some(since) = &rip.since {
-            document::canonical_timestamp(since)?;
+        let since_ms = match &rip.since {
+            Some(since) => {
+                let (at, canonical) = document::canonical_timestamp(since)?;
+                rip.since = Some(canonical);
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .and_then(|d| i64::try_from(d.as_millis()).ok())
+            }
+            None => None,
+        };
+        for (field, value) in [
+            ("instance", &rip.instance),
+            ("broker", &rip.broker),
+            ("watch_version", &rip.watch_version),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() > 256) {
+                return Err(Refusal::FieldTooLong(field));
+            }
         }
-        if let Some(suppressed) = self.notice_log.hit() {
-            tracing::info!(agent = %rip.agent, reason = rip.reason.as_str(), broker = %broker, suppressed, "agent notice");
-        }
-        let touched = self.agents().notice(&rip.agent, rip.reason, now);
-        self.swarm.record_rip(&rip.agent, rip.reason, now); // http: hook
+        let source = broker.to_string();
+        let (touched, kind) = self.agents().notice(&rip, since_ms, &source, now);
         if touched.evicted {
             self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(BulkDoc::from_rip(&rip, now))
+        match kind {
+            NoticeKind::Repeat => {
+                // A presence update (the list version) or a retained copy.
+                self.swarm.record_rip(&rip, now); // http: hook
+                return Ok(None);
+            }
+            NoticeKind::Stale => {
+                self.stats.stale_notices.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.notice_log.hit() {
+                    tracing::info!(agent = %rip.agent, reason = rip.reason.as_str(), since = rip.since.as_deref().unwrap_or(""), broker = %broker, suppressed, "stale notice of an earlier connection: the agent is connected elsewhere, not lost");
+                }
+            }
+            NoticeKind::Current => {
+                if let Some(suppressed) = self.notice_log.hit() {
+                    tracing::info!(agent = %rip.agent, reason = rip.reason.as_str(), broker = %broker, suppressed, "agent notice");
+                }
+                self.swarm.record_rip(&rip, now); // http: hook
+                let notice = match rip.reason {
+                    RipReason::Lost => Some(Notice::Lost),
+                    RipReason::Shutdown => Some(Notice::Stopped),
+                    RipReason::Online => None,
+                };
+                if let Some(n) = notice {
+                    self.insight.notice(&rip.agent, n, now);
+                }
+            }
+        }
+        Ok(Some(BulkDoc::from_rip(
+            &rip,
+            now,
+            kind == NoticeKind::Stale,
+        )))
     }
 }
 
@@ -233,7 +297,11 @@ mod tests {
 
     #[test]
     fn hostile_results_are_counted_skips() {
-        let intake = Intake::new(Arc::new(IndexerStats::default()), Default::default());
+        let intake = Intake::new(
+            Arc::new(IndexerStats::default()),
+            Default::default(),
+            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
+        );
         let now = now_text();
         for bad in [
             payload("", &now, 1, 1),
@@ -269,7 +337,11 @@ mod tests {
 
     #[test]
     fn notices_with_bad_names_are_skipped() {
-        let intake = Intake::new(Arc::new(IndexerStats::default()), Default::default());
+        let intake = Intake::new(
+            Arc::new(IndexerStats::default()),
+            Default::default(),
+            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
+        );
         assert!(take(&intake, "rip/agent/x", br#"{"agent":"","reason":"lost"}"#).is_none());
         assert!(take(&intake, "rip/agent/x", br#"{"agent":"x","reason":"lost"}"#).is_some());
     }

@@ -10,6 +10,7 @@
 
 pub mod agents;
 pub mod drain;
+pub mod insight;
 pub mod intake;
 pub mod session;
 pub mod stats;
@@ -24,11 +25,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Broker, FileSettings, IndexerSettings};
+use crate::config::{Broker, FileSettings, IndexerSettings, TargetLevels};
 use crate::elasticsearch::EsClient;
 use crate::file_output::FileOutput;
 use crate::mqtt;
-use crate::protocol::{Target, WatchList};
+use crate::protocol::{Target, TargetSpec, WatchList};
 use crate::spool::SharedSpool;
 
 pub use agents::AgentSeen;
@@ -48,26 +49,70 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// rest. Memory: at most this many documents of at most 64 KiB of payload.
 const QUEUE: usize = WRITE_BATCH;
 
-/// The `watch` payload for a target list; its version changes with the list.
-pub fn watch_payload(targets: &[Target]) -> Vec<u8> {
+/// The `watch` payload for a target list, targets with their own levels in
+/// the object form (`{"host", "slow", "lossy"}`); its version changes with
+/// the list and the levels.
+pub fn watch_payload(targets: &[Target], levels: &BTreeMap<Target, TargetLevels>) -> Vec<u8> {
     let mut h = sha1_smol::Sha1::new();
-    for t in targets {
+    let mut list = WatchList::new(targets, String::new());
+    for (t, spec) in targets.iter().zip(list.targets.iter_mut()) {
         h.update(t.as_str().as_bytes());
+        if let Some(l) = levels.get(t) {
+            let slow = l.slow.map(|d| humantime::format_duration(d).to_string());
+            h.update(format!("\t{slow:?}\t{:?}", l.lossy).as_bytes());
+            *spec = TargetSpec::Object {
+                host: t.as_str().to_owned(),
+                slow,
+                lossy: l.lossy,
+            };
+        }
         h.update(b"\n");
     }
-    let version = h.digest().to_string()[..12].to_owned();
-    serde_json::to_vec(&WatchList::new(targets, version)).unwrap_or_default()
+    list.version = Some(h.digest().to_string()[..12].to_owned());
+    serde_json::to_vec(&list).unwrap_or_default()
 }
 
 /// What the indexer publishes on `watch`: [`watch_payload`], signed with
 /// `key` when one is configured (see `watch_sign`).
-fn published_watch(targets: &[Target], key: Option<&crate::watch_sign::SigningKey>) -> Vec<u8> {
-    let payload = watch_payload(targets);
+fn published_watch(settings: &IndexerSettings) -> Vec<u8> {
+    let payload = watch_payload(&settings.targets, &settings.target_levels);
+    let key = settings.watch_key.as_deref();
     let Some(key) = key else { return payload };
     crate::watch_sign::sign(&payload, key, crate::watch_sign::next_sequence()).unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot sign the target list: publishing it unsigned");
         payload
     })
+}
+
+/// Once a second: the correlator's tick (silent agents expire), the
+/// verdict book updated for the sessions to publish, and each transition's
+/// document handed to the writer (which never waits on us: no cycle).
+async fn run_insight(
+    insight: Arc<insight::Insight>,
+    writer: mpsc::Sender<Item>,
+    comp: Arc<Component>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        comp.set_idle(true);
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        comp.set_idle(false);
+        let docs = insight.tick(std::time::SystemTime::now());
+        comp.progress();
+        for doc in docs {
+            comp.set_idle(true);
+            let sent = writer.send(Item { doc, ack: None }).await;
+            comp.set_idle(false);
+            if sent.is_err() {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Live view of a running indexer.
@@ -160,7 +205,8 @@ impl Indexer {
                 .map(|es| es.flavor.clone())
                 .unwrap_or_default(),
         );
-        let intake = Arc::new(Intake::new(stats.clone(), shaper));
+        let insight = Arc::new(insight::Insight::for_settings(&settings));
+        let intake = Arc::new(Intake::new(stats.clone(), shaper, insight.clone()));
         let shared = Arc::new(session::Shared {
             intake: intake.clone(),
             writer: tx,
@@ -198,10 +244,17 @@ impl Indexer {
                 },
             )
         };
-        let (watch_tx, _) = watch::channel(Arc::new(published_watch(
-            &settings.targets,
-            settings.watch_key.as_deref(),
-        )));
+        {
+            let writer = shared.writer.clone();
+            let stop = writer_drain.clone();
+            supervisor.spawn(
+                "insight".into(),
+                Duration::from_secs(5),
+                writer_drain.clone(),
+                move |comp| run_insight(insight.clone(), writer.clone(), comp, stop.clone()),
+            );
+        }
+        let (watch_tx, _) = watch::channel(Arc::new(published_watch(&settings)));
         let (es_state, es_rx) = watch::channel(EsState::Disabled);
         let (es_client, es_client_rx) = watch::channel(None);
         let mut indexer = Indexer {
@@ -331,12 +384,21 @@ impl Indexer {
     pub async fn reload(&mut self, mut new: IndexerSettings) -> Vec<&'static str> {
         let old = &self.settings;
         let mut changed = Vec::new();
-        if new.targets != old.targets || new.watch_key != old.watch_key {
-            self.watch_tx.send_replace(Arc::new(published_watch(
-                &new.targets,
-                new.watch_key.as_deref(),
-            )));
+        if new.targets != old.targets
+            || new.target_levels != old.target_levels
+            || new.watch_key != old.watch_key
+        {
+            self.watch_tx.send_replace(Arc::new(published_watch(&new)));
             changed.push("targets");
+        }
+        if new.targets != old.targets
+            || new.target_levels != old.target_levels
+            || new.levels != old.levels
+        {
+            self.view.intake.insight.set_targets(&new);
+            if new.levels != old.levels {
+                changed.push("levels");
+            }
         }
         // A new name, keepalive, TLS or login changes every session.
         let all = new.name != old.name || new.keepalive != old.keepalive || new.auth != old.auth;
@@ -561,12 +623,33 @@ mod tests {
     fn watch_payload_version_follows_the_list() {
         let a: Vec<Target> = vec!["a".parse().unwrap(), "b".parse().unwrap()];
         let b: Vec<Target> = vec!["a".parse().unwrap()];
-        let pa: serde_json::Value = serde_json::from_slice(&watch_payload(&a)).unwrap();
-        let pb: serde_json::Value = serde_json::from_slice(&watch_payload(&b)).unwrap();
+        let none = BTreeMap::new();
+        let pa: serde_json::Value = serde_json::from_slice(&watch_payload(&a, &none)).unwrap();
+        let pb: serde_json::Value = serde_json::from_slice(&watch_payload(&b, &none)).unwrap();
         assert_eq!(pa["targets"], serde_json::json!(["a", "b"]));
         assert_ne!(pa["version"], pb["version"]);
-        assert_eq!(watch_payload(&a), watch_payload(&a));
-        let parsed = WatchList::parse(&watch_payload(&a)).unwrap();
+        assert_eq!(watch_payload(&a, &none), watch_payload(&a, &none));
+        let parsed = WatchList::parse(&watch_payload(&a, &none)).unwrap();
         assert_eq!(parsed.targets, a);
+        // Levels go in the object form, and change the version.
+        let levels = BTreeMap::from([(
+            a[1].clone(),
+            TargetLevels {
+                slow: Some(std::time::Duration::from_millis(40)),
+                lossy: Some(0.05),
+            },
+        )]);
+        let pl: serde_json::Value = serde_json::from_slice(&watch_payload(&a, &levels)).unwrap();
+        assert_eq!(
+            pl["targets"],
+            serde_json::json!(["a", {"host": "b", "slow": "40ms", "lossy": 0.05}])
+        );
+        assert_ne!(pl["version"], pa["version"]);
+        assert_eq!(
+            WatchList::parse(&watch_payload(&a, &levels))
+                .unwrap()
+                .targets,
+            a
+        );
     }
 }

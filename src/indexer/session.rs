@@ -41,10 +41,11 @@ const RECONNECT_MIN: Duration = Duration::from_millis(200);
 /// broker would answer by redelivering the same message forever.
 pub const MAX_PACKET_IN: usize = 268_435_455 + 5;
 
-/// One accepted message, on its way to disk.
+/// One accepted message, on its way to disk; `ack` is `None` for the
+/// indexer's own documents (verdict transitions).
 pub struct Item {
     pub doc: BulkDoc,
-    pub ack: Ack,
+    pub ack: Option<Ack>,
 }
 
 /// The acknowledgement of one message, sent once its document is durable.
@@ -143,9 +144,22 @@ pub async fn run(
         let _acker = AbortOnDrop(tokio::spawn(acker(client.clone(), ack_rx)));
         // Subscriptions are restored by nobody but us; the persistent
         // session keeps what was queued while we were away.
+        // Verdicts: every broker holds the whole book, retained. The
+        // retained target verdicts it already holds come back on subscribing;
+        // those of targets no longer listed are cleared.
+        let book = shared.intake.insight.book();
+        let _verdicts = AbortOnDrop(tokio::spawn(publish_verdicts(
+            client.clone(),
+            book.clone(),
+            broker.clone(),
+        )));
         let subscribed = client.try_subscribe_many([
             SubscribeFilter::new(format!("{}+", protocol::PING_PREFIX), QoS::AtLeastOnce),
             SubscribeFilter::new("rip/#".to_owned(), QoS::AtLeastOnce),
+            SubscribeFilter::new(
+                format!("{}+", protocol::VERDICT_TARGET_PREFIX),
+                QoS::AtMostOnce,
+            ),
         ]);
         let current = watch_rx.borrow_and_update().clone();
         let published = client.try_publish(
@@ -182,6 +196,18 @@ pub async fn run(
             comp.set_idle(false);
             comp.progress();
             match ev {
+                Some(Ok(Event::Incoming(Packet::Publish(p))))
+                    if p.topic.starts_with(protocol::VERDICT_TARGET_PREFIX) =>
+                {
+                    if p.retain && !p.payload.is_empty() && !book.borrow().contains_key(&p.topic) {
+                        tracing::info!(broker = %broker, topic = %p.topic.escape_debug(), "clearing the verdict of a target no longer listed");
+                        if let Err(e) =
+                            client.try_publish(p.topic.clone(), QoS::AtLeastOnce, true, Vec::new())
+                        {
+                            tracing::debug!(broker = %broker, error = %e, "cannot clear a verdict");
+                        }
+                    }
+                }
                 Some(Ok(Event::Incoming(Packet::Publish(mut p)))) => {
                     let doc = shared
                         .intake
@@ -193,12 +219,12 @@ pub async fn run(
                         Some(doc) => {
                             let item = Item {
                                 doc,
-                                ack: Ack {
+                                ack: Some(Ack {
                                     client: client.clone(),
                                     tx: ack_tx.clone(),
                                     publish: p,
                                     broker: counters.clone(),
-                                },
+                                }),
                             };
                             // Waiting for room downstream is not a wedge of
                             // ours: the writer is watched on its own.
@@ -243,6 +269,60 @@ pub async fn run(
                 tracing::info!(broker = %broker, "disconnected");
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Publishes the verdict book on one connection, retained: all of it
+/// first, then what changes (an emptied payload clears a removed target's
+/// verdict). Runs beside the session (its own task): it waits on the
+/// request channel, which the event loop drains whatever the session
+/// does, so nothing waits on it.
+async fn publish_verdicts(
+    client: AsyncClient,
+    mut book: watch::Receiver<Arc<super::insight::VerdictBook>>,
+    broker: String,
+) {
+    let mut sent: std::collections::HashMap<String, Arc<Vec<u8>>> = Default::default();
+    loop {
+        let current = book.borrow_and_update().clone();
+        let mut published = 0usize;
+        for (topic, payload) in current.iter() {
+            if sent.get(topic).is_some_and(|p| p == payload) {
+                continue;
+            }
+            let bytes = payload.to_vec();
+            if client
+                .publish(topic.clone(), QoS::AtLeastOnce, true, bytes)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            sent.insert(topic.clone(), payload.clone());
+            published += 1;
+        }
+        let gone: Vec<String> = sent
+            .keys()
+            .filter(|t| !current.contains_key(*t))
+            .cloned()
+            .collect();
+        for topic in gone {
+            if client
+                .publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            sent.remove(&topic);
+            published += 1;
+        }
+        if published > 0 {
+            tracing::debug!(broker = %broker, published, "verdicts published");
+        }
+        if book.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct IndexerStats {
     /// Results refused for a timestamp outside the accepted window (see
     /// `docs/protocol.md`); also counted in `malformed`.
     pub out_of_window: AtomicU64,
+    /// Agent notices of earlier connections (late wills), recorded as stale.
+    pub stale_notices: AtomicU64,
     /// Agents forgotten because the map of agents reached its bound.
     pub agents_evicted: AtomicU64,
     /// Documents stored in Elasticsearch (new ones).

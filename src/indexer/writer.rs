@@ -145,7 +145,9 @@ async fn write(
         let key = id_key(id);
         if recent.contains(key) || !in_batch.insert(key) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            item.ack.broker.duplicates.fetch_add(1, Ordering::Relaxed);
+            if let Some(ack) = &item.ack {
+                ack.broker.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
         } else {
             ids.push(key);
             if outputs.spool.is_some() {
@@ -160,7 +162,7 @@ async fn write(
                 lines.push(item.doc.source().to_owned());
             }
         }
-        acks.push(item.ack);
+        acks.extend(item.ack);
     }
     if !ids.is_empty() {
         // Shared, not copied, between the attempts.

@@ -6,5 +6,7 @@
 pub mod levels;
 pub mod verdict;
 
+pub use levels::Levels;
+
 #[cfg(test)]
 mod tests;

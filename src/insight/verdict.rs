@@ -56,6 +56,19 @@ pub struct Observation<'a> {
     pub rtt_avg_ms: Option<f64>,
 }
 
+/// How one round was judged, and by which levels (stored in its document).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Classified {
+    pub state: RoundState,
+    /// The slow threshold applied, in ms (the level, or the relative one
+    /// from the baseline).
+    pub slow_ms: f64,
+    /// The lossy level applied, a fraction of the echoes.
+    pub lossy: f64,
+    /// This agent's baseline for the target (median rtt, ms), if it had one.
+    pub baseline_ms: Option<f64>,
+}
+
 /// An agent's lifecycle notice (a will already judged not stale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
@@ -220,6 +233,11 @@ impl Correlator {
         }
     }
 
+    /// Sets the default levels (applied by the next [`Self::set_targets`]).
+    pub fn set_levels(&mut self, levels: Levels) {
+        self.settings.levels = levels;
+    }
+
     /// Sets the target list, each with its own levels or None for the
     /// defaults. New targets start `unknown`; removed ones are cleared.
     pub fn set_targets(&mut self, list: &[(String, Option<Levels>)], now: SystemTime) {
@@ -267,9 +285,10 @@ impl Correlator {
         }
     }
 
-    /// Takes one result; returns its round state, or None when the target
-    /// is not in the list (nothing to judge it against).
-    pub fn observe(&mut self, o: &Observation) -> Option<RoundState> {
+    /// Takes one result; returns how its round was judged, or None when
+    /// the target is not in the list (nothing to judge it against). A
+    /// redelivered or late round is judged but changes nothing.
+    pub fn observe(&mut self, o: &Observation) -> Option<Classified> {
         let interval_ms = o.interval_ms.max(1);
         let entry = self.targets.get_mut(o.target)?;
         let pair = entry.pairs.entry(o.agent.to_owned()).or_insert(Pair {
@@ -279,15 +298,21 @@ impl Correlator {
             streak_since_ms: o.at_ms,
             baseline: Baseline::default(),
         });
+        let secs = o.at_ms.div_euclid(1000);
+        let baseline_ms = pair.baseline.median(secs);
+        let state = entry
+            .levels
+            .classify(o.sent, o.received, o.rtt_avg_ms, baseline_ms);
+        let classified = Classified {
+            state,
+            slow_ms: entry.levels.slow_threshold(baseline_ms),
+            lossy: entry.levels.lossy,
+            baseline_ms,
+        };
         if o.at_ms <= pair.at_ms {
             // A redelivery or a late round: the newer view stands.
-            return None;
+            return Some(classified);
         }
-        let secs = o.at_ms.div_euclid(1000);
-        let state =
-            entry
-                .levels
-                .classify(o.sent, o.received, o.rtt_avg_ms, pair.baseline.median(secs));
         if let Some(rtt) = o.rtt_avg_ms.filter(|_| state != RoundState::Down) {
             pair.baseline.push(secs, rtt);
         }
@@ -311,7 +336,7 @@ impl Correlator {
         {
             p.results = p.results.saturating_add(1);
         }
-        Some(state)
+        Some(classified)
     }
 
     /// Takes an agent's notice: `lost` (a will that is not stale) or
