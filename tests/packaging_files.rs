@@ -115,6 +115,7 @@ fn fits(ty: &str, v: &Value) -> bool {
     };
     match ty {
         "long" => all(&|v| v.is_i64() || v.is_u64()),
+        "integer" => all(&|v| v.as_i64().is_some_and(|n| i32::try_from(n).is_ok())),
         "float" | "scaled_float" => all(&Value::is_number),
         "keyword" | "text" => all(&Value::is_string),
         "boolean" => all(&Value::is_boolean),
@@ -241,6 +242,141 @@ fn every_document_field_is_mapped_with_a_fitting_type() {
     ] {
         assert!(seen.contains(needed), "samples never wrote {needed}");
     }
+}
+
+/// State-change ("verdict") documents and the verdict fields of check
+/// documents, in the shape the indexer is to write them (event.dataset
+/// `swarming.verdict`: the state that begins at `verdict.since`, and the
+/// one it ends under `verdict.previous`). Written out here until
+/// `src/document.rs` builds them; then these become the builder's output.
+fn verdict_samples() -> Vec<Value> {
+    use serde_json::json;
+    let ecs = json!({"version": swarming::document::ECS_VERSION});
+    vec![
+        // A target goes down: the start of an incident.
+        json!({
+            "@timestamp": "2026-12-03T19:00:01.000Z",
+            "ecs": ecs,
+            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.down"},
+            "message": "target 10.9.0.1: down, cause target (4 of 4 agents bad, 2 providers) \
+                        since 2026-12-03T19:00:01.000Z; was up since 2026-12-03T18:00:00.000Z",
+            "verdict": {
+                "kind": "target", "subject": "10.9.0.1", "state": "down", "cause": "target",
+                "since": "2026-12-03T19:00:01.000Z",
+                "agents_bad": 4, "agents_total": 4, "providers_bad": 2,
+                "previous": {"state": "up", "cause": "none",
+                             "since": "2026-12-03T18:00:00.000Z"}
+            }
+        }),
+        // Back up: the end of it, carrying its start.
+        json!({
+            "@timestamp": "2026-12-03T19:12:00.000Z",
+            "ecs": ecs,
+            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.up"},
+            "message": "target 10.9.0.1: up since 2026-12-03T19:12:00.000Z; was down since \
+                        2026-12-03T19:00:01.000Z",
+            "verdict": {
+                "kind": "target", "subject": "10.9.0.1", "state": "up", "cause": "none",
+                "since": "2026-12-03T19:12:00.000Z",
+                "agents_bad": 0, "agents_total": 4, "providers_bad": 0,
+                "previous": {"state": "down", "cause": "target",
+                             "since": "2026-12-03T19:00:01.000Z"}
+            }
+        }),
+        // One provider's agents see the target lossy.
+        json!({
+            "@timestamp": "2026-12-03T19:20:00.000Z",
+            "ecs": ecs,
+            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.lossy"},
+            "message": "target 10.9.0.2: lossy, cause provider p1",
+            "verdict": {
+                "kind": "target", "subject": "10.9.0.2", "state": "lossy", "cause": "provider",
+                "provider": "p1", "since": "2026-12-03T19:20:00.000Z",
+                "agents_bad": 2, "agents_total": 4, "providers_bad": 1,
+                "previous": {"state": "up", "cause": "none",
+                             "since": "2026-12-03T18:00:00.000Z"}
+            }
+        }),
+        // An agent verdict: no cause or counts, a reason and the agent.
+        json!({
+            "@timestamp": "2026-12-03T19:05:00.000Z",
+            "ecs": ecs,
+            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "agent.trouble"},
+            "message": "agent probe-paris-1: trouble since 2026-12-03T19:05:00.000Z",
+            "verdict": {
+                "kind": "agent", "subject": "probe-paris-1", "state": "trouble",
+                "since": "2026-12-03T19:05:00.000Z",
+                "reason": "every target bad from this agent only",
+                "previous": {"state": "ok", "since": "2026-12-03T18:00:00.000Z"}
+            },
+            "observer": {"name": "probe-paris-1"}
+        }),
+        // The verdict fields a check document gains.
+        json!({
+            "@timestamp": "2026-12-03T19:00:00.000Z",
+            "event": {"dataset": swarming::document::CHECK_DATASET, "kind": "metric"},
+            "ping": {"state": "slow",
+                     "levels": {"slow_ms": 40.0, "lossy": 0.2, "baseline_ms": 12.5}}
+        }),
+    ]
+}
+
+#[test]
+fn verdict_documents_and_check_verdict_fields_are_mapped() {
+    let m = Mapping::load();
+    for doc in verdict_samples() {
+        let mut fields = Vec::new();
+        doc_fields(&m, &doc, "", &mut fields);
+        for (field, value) in fields {
+            let ty = m
+                .type_of(&field)
+                .unwrap_or_else(|| panic!("{field} is not mapped by the index template"));
+            assert!(fits(ty, value), "{field}: {value} does not fit {ty}");
+        }
+    }
+    // Explicitly, not through the catch-all dynamic template.
+    for (field, ty) in [
+        ("ping.state", "keyword"),
+        ("ping.levels.slow_ms", "float"),
+        ("ping.levels.lossy", "float"),
+        ("ping.levels.baseline_ms", "float"),
+        ("verdict.kind", "keyword"),
+        ("verdict.subject", "keyword"),
+        ("verdict.state", "keyword"),
+        ("verdict.cause", "keyword"),
+        ("verdict.provider", "keyword"),
+        ("verdict.reason", "keyword"),
+        ("verdict.since", "date"),
+        ("verdict.agents_bad", "integer"),
+        ("verdict.agents_total", "integer"),
+        ("verdict.providers_bad", "integer"),
+        ("verdict.previous.state", "keyword"),
+        ("verdict.previous.cause", "keyword"),
+        ("verdict.previous.since", "date"),
+        ("message", "text"),
+    ] {
+        assert_eq!(m.fields.get(field).map(String::as_str), Some(ty), "{field}");
+    }
+}
+
+#[test]
+fn the_opensearch_template_is_the_same_mapping() {
+    let os = ServerInfo::from_response(
+        None,
+        &serde_json::json!({"version": {"number": "2.19.0", "distribution": "opensearch"}}),
+    )
+    .unwrap();
+    assert_eq!(os.distribution, Distribution::OpenSearch);
+    let t = index_template(&os, "heartbeat-8-swarming").unwrap();
+    assert_eq!(
+        t["template"]["mappings"],
+        template()["template"]["mappings"]
+    );
+    // No ILM on OpenSearch: its ISM policy matches the same patterns.
+    assert!(t["template"]["settings"]["index"]
+        .get("lifecycle")
+        .is_none());
+    assert_eq!(t["index_patterns"], template()["index_patterns"]);
 }
 
 #[test]
