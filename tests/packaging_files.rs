@@ -562,19 +562,26 @@ fn documents_carry_every_field_uptime_and_synthetics_query_with_its_type() {
 }
 
 /// Values of field-naming keys anywhere in `v`, looking inside attributes
-/// that hold JSON text (`visState`, `panelsJSON`, `searchSourceJSON`).
+/// that hold JSON text (`visState`, `panelsJSON`, `searchSourceJSON`); a
+/// saved search's `columns` and `sort` (`[[field, direction], ...]`) too.
 fn referenced_fields(v: &Value, out: &mut BTreeSet<String>) {
-    const KEYS: [&str; 6] = [
+    const KEYS: [&str; 7] = [
         "field",
         "terms_field",
         "time_field",
         "timeFieldName",
         "pivot_id",
         "sourceField",
+        "columns",
     ];
     match v {
         Value::Object(o) => {
             for (k, v) in o {
+                if k == "sort" {
+                    for pair in v.as_array().into_iter().flatten() {
+                        out.extend(pair[0].as_str().map(str::to_owned));
+                    }
+                }
                 if KEYS.contains(&k.as_str()) {
                     match v {
                         Value::String(s) if !s.is_empty() => {
@@ -659,7 +666,7 @@ fn saved_objects_have_the_shape_of_kibanas_own_for_8_8_and_9() {
                 && ids.contains(&(ty.to_owned(), r["id"].as_str().unwrap().to_owned()))
         })
     };
-    let (mut tsvb, mut tables, mut dashboards) = (0, 0, 0);
+    let (mut tsvb, mut tables, mut searches, mut dashboards) = (0, 0, 0, 0);
     for o in &objects {
         let id = &o["id"];
         for r in o["references"].as_array().unwrap() {
@@ -696,6 +703,39 @@ fn saved_objects_have_the_shape_of_kibanas_own_for_8_8_and_9() {
                     assert!(source.get("index").is_none(), "{id}: inline data view");
                 }
             }
+            "search" => {
+                // A saved search on the data view, by reference, as the
+                // ecommerce sample's: columns, a [field, direction] sort.
+                searches += 1;
+                let want = &shape["types"]["search"];
+                let a = &o["attributes"];
+                let source = inner(
+                    "searchSourceJSON",
+                    a["kibanaSavedObjectMeta"]["searchSourceJSON"]
+                        .as_str()
+                        .unwrap(),
+                );
+                assert_eq!(
+                    keys(&source),
+                    strings(&want["searchSourceJSON_keys"]),
+                    "{id}"
+                );
+                let name = source["indexRefName"].as_str().unwrap();
+                assert!(resolves(o, name, "index-pattern"), "{id}: {name}");
+                assert_eq!(source["query"]["language"], "kuery", "{id}");
+                assert!(!a["columns"].as_array().unwrap().is_empty(), "{id}");
+                assert!(a["columns"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(Value::is_string));
+                for pair in a["sort"].as_array().unwrap() {
+                    let pair = pair.as_array().unwrap();
+                    assert_eq!(pair.len(), 2, "{id}: sort {pair:?}");
+                    assert!(pair[0].is_string(), "{id}");
+                    assert!(pair[1] == "asc" || pair[1] == "desc", "{id}");
+                }
+            }
             "dashboard" => {
                 dashboards += 1;
                 let want = &shape["types"]["dashboard"];
@@ -710,6 +750,7 @@ fn saved_objects_have_the_shape_of_kibanas_own_for_8_8_and_9() {
                     assert_eq!(p["gridData"]["i"], i, "{id}");
                     assert_eq!(p["panelRefName"], format!("panel_{i}"), "{id}");
                     let ty = p["type"].as_str().unwrap();
+                    assert!(strings(&want["panel_types"]).contains(ty), "{id}: {ty}");
                     assert!(
                         resolves(o, &format!("{i}:panel_{i}"), ty),
                         "{id}: panel {i}"
@@ -732,7 +773,7 @@ fn saved_objects_have_the_shape_of_kibanas_own_for_8_8_and_9() {
             other => panic!("{id}: unexpected type {other}"),
         }
     }
-    assert!(tsvb > 0 && tables > 0 && dashboards == 2);
+    assert!(tsvb > 0 && tables > 0 && searches > 0 && dashboards == 2);
 }
 
 #[test]
@@ -749,6 +790,10 @@ fn every_field_the_saved_objects_use_is_mapped() {
         "monitor.name",
         "observer.name",
         "labels.provider",
+        "verdict.subject",
+        "verdict.state",
+        "verdict.since",
+        "verdict.previous.since",
     ] {
         assert!(fields.contains(needed), "saved objects never use {needed}");
     }
@@ -801,6 +846,26 @@ fn shows(vis: &Value) -> Shows {
     s
 }
 
+/// The objects dashboard `id` shows (its references), of type `ty`.
+fn dashboard_objects<'a>(objects: &'a [Value], id: &str, ty: &str) -> Vec<&'a Value> {
+    let d = objects
+        .iter()
+        .find(|o| o["type"] == "dashboard" && o["id"] == id)
+        .unwrap_or_else(|| panic!("no dashboard {id}"));
+    d["references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == ty)
+        .map(|r| {
+            objects
+                .iter()
+                .find(|o| o["type"] == r["type"] && o["id"] == r["id"])
+                .unwrap()
+        })
+        .collect()
+}
+
 /// The visualizations of dashboard `id`.
 fn dashboard_panels(objects: &[Value], id: &str) -> Vec<Shows> {
     let d = objects
@@ -811,6 +876,7 @@ fn dashboard_panels(objects: &[Value], id: &str) -> Vec<Shows> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|r| r["type"] == "visualization")
         .map(|r| {
             objects
                 .iter()
@@ -857,6 +923,48 @@ fn dashboards_compare_targets_and_compare_agents_and_providers() {
             any_panel(&a, &["labels.provider"], m),
             "per provider: {m:?}"
         );
+    }
+}
+
+#[test]
+fn both_dashboards_list_incidents() {
+    // The state-change documents, newest first, with what an incident
+    // needs: its start (verdict.previous.since on the document that ends
+    // it, verdict.since on the one that begins it) and its end.
+    let objects = saved_objects();
+    for id in ["swarming-compare-targets", "swarming-compare-agents"] {
+        let searches = dashboard_objects(&objects, id, "search");
+        let incidents = searches
+            .iter()
+            .find(|s| {
+                let source = inner(
+                    "searchSourceJSON",
+                    s["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"]
+                        .as_str()
+                        .unwrap(),
+                );
+                source["query"]["query"]
+                    .as_str()
+                    .unwrap()
+                    .contains(r#"event.dataset : "swarming.verdict""#)
+            })
+            .unwrap_or_else(|| panic!("{id}: no incidents panel"));
+        let a = &incidents["attributes"];
+        assert_eq!(a["title"], "swarming: incidents");
+        assert_eq!(
+            a["columns"],
+            serde_json::json!([
+                "verdict.kind",
+                "verdict.subject",
+                "verdict.state",
+                "verdict.cause",
+                "verdict.previous.state",
+                "verdict.previous.since",
+                "verdict.since",
+                "message"
+            ])
+        );
+        assert_eq!(a["sort"], serde_json::json!([["@timestamp", "desc"]]));
     }
 }
 
