@@ -115,6 +115,7 @@ fn fits(ty: &str, v: &Value) -> bool {
     };
     match ty {
         "long" => all(&|v| v.is_i64() || v.is_u64()),
+        "integer" => all(&|v| v.as_i64().is_some_and(|n| i32::try_from(n).is_ok())),
         "float" | "scaled_float" => all(&Value::is_number),
         "keyword" | "text" => all(&Value::is_string),
         "boolean" => all(&Value::is_boolean),
@@ -241,6 +242,141 @@ fn every_document_field_is_mapped_with_a_fitting_type() {
     ] {
         assert!(seen.contains(needed), "samples never wrote {needed}");
     }
+}
+
+/// State-change ("verdict") documents and the verdict fields of check
+/// documents, in the shape the indexer is to write them (event.dataset
+/// `swarming.verdict`: the state that begins at `verdict.since`, and the
+/// one it ends under `verdict.previous`). Written out here until
+/// `src/document.rs` builds them; then these become the builder's output.
+fn verdict_samples() -> Vec<Value> {
+    use serde_json::json;
+    let ecs = json!({"version": swarming::document::ECS_VERSION});
+    vec![
+        // A target goes down: the start of an incident.
+        json!({
+            "@timestamp": "2026-12-03T19:00:01.000Z",
+            "ecs": ecs,
+            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.down"},
+            "message": "target 10.9.0.1: down, cause target (4 of 4 agents bad, 2 providers) \
+                        since 2026-12-03T19:00:01.000Z; was up since 2026-12-03T18:00:00.000Z",
+            "verdict": {
+                "kind": "target", "subject": "10.9.0.1", "state": "down", "cause": "target",
+                "since": "2026-12-03T19:00:01.000Z",
+                "agents_bad": 4, "agents_total": 4, "providers_bad": 2,
+                "previous": {"state": "up", "cause": "none",
+                             "since": "2026-12-03T18:00:00.000Z"}
+            }
+        }),
+        // Back up: the end of it, carrying its start.
+        json!({
+            "@timestamp": "2026-12-03T19:12:00.000Z",
+            "ecs": ecs,
+            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.up"},
+            "message": "target 10.9.0.1: up since 2026-12-03T19:12:00.000Z; was down since \
+                        2026-12-03T19:00:01.000Z",
+            "verdict": {
+                "kind": "target", "subject": "10.9.0.1", "state": "up", "cause": "none",
+                "since": "2026-12-03T19:12:00.000Z",
+                "agents_bad": 0, "agents_total": 4, "providers_bad": 0,
+                "previous": {"state": "down", "cause": "target",
+                             "since": "2026-12-03T19:00:01.000Z"}
+            }
+        }),
+        // One provider's agents see the target lossy.
+        json!({
+            "@timestamp": "2026-12-03T19:20:00.000Z",
+            "ecs": ecs,
+            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.lossy"},
+            "message": "target 10.9.0.2: lossy, cause provider p1",
+            "verdict": {
+                "kind": "target", "subject": "10.9.0.2", "state": "lossy", "cause": "provider",
+                "provider": "p1", "since": "2026-12-03T19:20:00.000Z",
+                "agents_bad": 2, "agents_total": 4, "providers_bad": 1,
+                "previous": {"state": "up", "cause": "none",
+                             "since": "2026-12-03T18:00:00.000Z"}
+            }
+        }),
+        // An agent verdict: no cause or counts, a reason and the agent.
+        json!({
+            "@timestamp": "2026-12-03T19:05:00.000Z",
+            "ecs": ecs,
+            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "agent.trouble"},
+            "message": "agent probe-paris-1: trouble since 2026-12-03T19:05:00.000Z",
+            "verdict": {
+                "kind": "agent", "subject": "probe-paris-1", "state": "trouble",
+                "since": "2026-12-03T19:05:00.000Z",
+                "reason": "every target bad from this agent only",
+                "previous": {"state": "ok", "since": "2026-12-03T18:00:00.000Z"}
+            },
+            "observer": {"name": "probe-paris-1"}
+        }),
+        // The verdict fields a check document gains.
+        json!({
+            "@timestamp": "2026-12-03T19:00:00.000Z",
+            "event": {"dataset": swarming::document::CHECK_DATASET, "kind": "metric"},
+            "ping": {"state": "slow",
+                     "levels": {"slow_ms": 40.0, "lossy": 0.2, "baseline_ms": 12.5}}
+        }),
+    ]
+}
+
+#[test]
+fn verdict_documents_and_check_verdict_fields_are_mapped() {
+    let m = Mapping::load();
+    for doc in verdict_samples() {
+        let mut fields = Vec::new();
+        doc_fields(&m, &doc, "", &mut fields);
+        for (field, value) in fields {
+            let ty = m
+                .type_of(&field)
+                .unwrap_or_else(|| panic!("{field} is not mapped by the index template"));
+            assert!(fits(ty, value), "{field}: {value} does not fit {ty}");
+        }
+    }
+    // Explicitly, not through the catch-all dynamic template.
+    for (field, ty) in [
+        ("ping.state", "keyword"),
+        ("ping.levels.slow_ms", "float"),
+        ("ping.levels.lossy", "float"),
+        ("ping.levels.baseline_ms", "float"),
+        ("verdict.kind", "keyword"),
+        ("verdict.subject", "keyword"),
+        ("verdict.state", "keyword"),
+        ("verdict.cause", "keyword"),
+        ("verdict.provider", "keyword"),
+        ("verdict.reason", "keyword"),
+        ("verdict.since", "date"),
+        ("verdict.agents_bad", "integer"),
+        ("verdict.agents_total", "integer"),
+        ("verdict.providers_bad", "integer"),
+        ("verdict.previous.state", "keyword"),
+        ("verdict.previous.cause", "keyword"),
+        ("verdict.previous.since", "date"),
+        ("message", "text"),
+    ] {
+        assert_eq!(m.fields.get(field).map(String::as_str), Some(ty), "{field}");
+    }
+}
+
+#[test]
+fn the_opensearch_template_is_the_same_mapping() {
+    let os = ServerInfo::from_response(
+        None,
+        &serde_json::json!({"version": {"number": "2.19.0", "distribution": "opensearch"}}),
+    )
+    .unwrap();
+    assert_eq!(os.distribution, Distribution::OpenSearch);
+    let t = index_template(&os, "heartbeat-8-swarming").unwrap();
+    assert_eq!(
+        t["template"]["mappings"],
+        template()["template"]["mappings"]
+    );
+    // No ILM on OpenSearch: its ISM policy matches the same patterns.
+    assert!(t["template"]["settings"]["index"]
+        .get("lifecycle")
+        .is_none());
+    assert_eq!(t["index_patterns"], template()["index_patterns"]);
 }
 
 #[test]
@@ -426,19 +562,26 @@ fn documents_carry_every_field_uptime_and_synthetics_query_with_its_type() {
 }
 
 /// Values of field-naming keys anywhere in `v`, looking inside attributes
-/// that hold JSON text (`visState`, `panelsJSON`, `searchSourceJSON`).
+/// that hold JSON text (`visState`, `panelsJSON`, `searchSourceJSON`); a
+/// saved search's `columns` and `sort` (`[[field, direction], ...]`) too.
 fn referenced_fields(v: &Value, out: &mut BTreeSet<String>) {
-    const KEYS: [&str; 6] = [
+    const KEYS: [&str; 7] = [
         "field",
         "terms_field",
         "time_field",
         "timeFieldName",
         "pivot_id",
         "sourceField",
+        "columns",
     ];
     match v {
         Value::Object(o) => {
             for (k, v) in o {
+                if k == "sort" {
+                    for pair in v.as_array().into_iter().flatten() {
+                        out.extend(pair[0].as_str().map(str::to_owned));
+                    }
+                }
                 if KEYS.contains(&k.as_str()) {
                     match v {
                         Value::String(s) if !s.is_empty() => {
@@ -523,7 +666,7 @@ fn saved_objects_have_the_shape_of_kibanas_own_for_8_8_and_9() {
                 && ids.contains(&(ty.to_owned(), r["id"].as_str().unwrap().to_owned()))
         })
     };
-    let (mut tsvb, mut tables, mut dashboards) = (0, 0, 0);
+    let (mut tsvb, mut tables, mut searches, mut dashboards) = (0, 0, 0, 0);
     for o in &objects {
         let id = &o["id"];
         for r in o["references"].as_array().unwrap() {
@@ -560,6 +703,39 @@ fn saved_objects_have_the_shape_of_kibanas_own_for_8_8_and_9() {
                     assert!(source.get("index").is_none(), "{id}: inline data view");
                 }
             }
+            "search" => {
+                // A saved search on the data view, by reference, as the
+                // ecommerce sample's: columns, a [field, direction] sort.
+                searches += 1;
+                let want = &shape["types"]["search"];
+                let a = &o["attributes"];
+                let source = inner(
+                    "searchSourceJSON",
+                    a["kibanaSavedObjectMeta"]["searchSourceJSON"]
+                        .as_str()
+                        .unwrap(),
+                );
+                assert_eq!(
+                    keys(&source),
+                    strings(&want["searchSourceJSON_keys"]),
+                    "{id}"
+                );
+                let name = source["indexRefName"].as_str().unwrap();
+                assert!(resolves(o, name, "index-pattern"), "{id}: {name}");
+                assert_eq!(source["query"]["language"], "kuery", "{id}");
+                assert!(!a["columns"].as_array().unwrap().is_empty(), "{id}");
+                assert!(a["columns"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(Value::is_string));
+                for pair in a["sort"].as_array().unwrap() {
+                    let pair = pair.as_array().unwrap();
+                    assert_eq!(pair.len(), 2, "{id}: sort {pair:?}");
+                    assert!(pair[0].is_string(), "{id}");
+                    assert!(pair[1] == "asc" || pair[1] == "desc", "{id}");
+                }
+            }
             "dashboard" => {
                 dashboards += 1;
                 let want = &shape["types"]["dashboard"];
@@ -574,6 +750,7 @@ fn saved_objects_have_the_shape_of_kibanas_own_for_8_8_and_9() {
                     assert_eq!(p["gridData"]["i"], i, "{id}");
                     assert_eq!(p["panelRefName"], format!("panel_{i}"), "{id}");
                     let ty = p["type"].as_str().unwrap();
+                    assert!(strings(&want["panel_types"]).contains(ty), "{id}: {ty}");
                     assert!(
                         resolves(o, &format!("{i}:panel_{i}"), ty),
                         "{id}: panel {i}"
@@ -596,7 +773,7 @@ fn saved_objects_have_the_shape_of_kibanas_own_for_8_8_and_9() {
             other => panic!("{id}: unexpected type {other}"),
         }
     }
-    assert!(tsvb > 0 && tables > 0 && dashboards == 2);
+    assert!(tsvb > 0 && tables > 0 && searches > 0 && dashboards == 2);
 }
 
 #[test]
@@ -613,6 +790,10 @@ fn every_field_the_saved_objects_use_is_mapped() {
         "monitor.name",
         "observer.name",
         "labels.provider",
+        "verdict.subject",
+        "verdict.state",
+        "verdict.since",
+        "verdict.previous.since",
     ] {
         assert!(fields.contains(needed), "saved objects never use {needed}");
     }
@@ -665,6 +846,26 @@ fn shows(vis: &Value) -> Shows {
     s
 }
 
+/// The objects dashboard `id` shows (its references), of type `ty`.
+fn dashboard_objects<'a>(objects: &'a [Value], id: &str, ty: &str) -> Vec<&'a Value> {
+    let d = objects
+        .iter()
+        .find(|o| o["type"] == "dashboard" && o["id"] == id)
+        .unwrap_or_else(|| panic!("no dashboard {id}"));
+    d["references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == ty)
+        .map(|r| {
+            objects
+                .iter()
+                .find(|o| o["type"] == r["type"] && o["id"] == r["id"])
+                .unwrap()
+        })
+        .collect()
+}
+
 /// The visualizations of dashboard `id`.
 fn dashboard_panels(objects: &[Value], id: &str) -> Vec<Shows> {
     let d = objects
@@ -675,6 +876,7 @@ fn dashboard_panels(objects: &[Value], id: &str) -> Vec<Shows> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|r| r["type"] == "visualization")
         .map(|r| {
             objects
                 .iter()
@@ -721,6 +923,48 @@ fn dashboards_compare_targets_and_compare_agents_and_providers() {
             any_panel(&a, &["labels.provider"], m),
             "per provider: {m:?}"
         );
+    }
+}
+
+#[test]
+fn both_dashboards_list_incidents() {
+    // The state-change documents, newest first, with what an incident
+    // needs: its start (verdict.previous.since on the document that ends
+    // it, verdict.since on the one that begins it) and its end.
+    let objects = saved_objects();
+    for id in ["swarming-compare-targets", "swarming-compare-agents"] {
+        let searches = dashboard_objects(&objects, id, "search");
+        let incidents = searches
+            .iter()
+            .find(|s| {
+                let source = inner(
+                    "searchSourceJSON",
+                    s["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"]
+                        .as_str()
+                        .unwrap(),
+                );
+                source["query"]["query"]
+                    .as_str()
+                    .unwrap()
+                    .contains(r#"event.dataset : "swarming.verdict""#)
+            })
+            .unwrap_or_else(|| panic!("{id}: no incidents panel"));
+        let a = &incidents["attributes"];
+        assert_eq!(a["title"], "swarming: incidents");
+        assert_eq!(
+            a["columns"],
+            serde_json::json!([
+                "verdict.kind",
+                "verdict.subject",
+                "verdict.state",
+                "verdict.cause",
+                "verdict.previous.state",
+                "verdict.previous.since",
+                "verdict.since",
+                "message"
+            ])
+        );
+        assert_eq!(a["sort"], serde_json::json!([["@timestamp", "desc"]]));
     }
 }
 

@@ -2,7 +2,7 @@
 """Writes swarming-saved-objects.ndjson: Kibana 8.8+ and 9.x saved objects.
 
 Run from anywhere after editing (`--stdout` prints instead of writing); commit
-both files. tests/kibana.rs checks the committed file equals this output and
+both files. tests/packaging_files.rs checks the committed file equals this output and
 holds every object to the shape of Kibana's own saved objects
 (contracts/saved-object-shapes.json).
 
@@ -12,8 +12,9 @@ Shape, as Kibana itself ships it (sample data sets, see contracts/README.md):
   Kibana from 8.8 on runs its later migrations on import (9.x included:
   Kibana's own 9.x sample data carries the same stamps);
 - data views by reference only: TSVB panels use `use_kibana_indexes` and
-  `index_pattern_ref_name`, tables use `searchSourceJSON.indexRefName`,
-  dashboards name panels `panel_<i>` with references `<i>:panel_<i>`.
+  `index_pattern_ref_name`, tables and saved searches use
+  `searchSourceJSON.indexRefName`, dashboards name panels `panel_<i>` with
+  references `<i>:panel_<i>` (of type `visualization` or `search`).
 Kibana 7.x and 8.0-8.7 are not targeted (no typeMigrationVersion there).
 
 Only the Python standard library is used.
@@ -23,7 +24,8 @@ import os
 import sys
 
 CORE = "8.8.0"
-STAMPS = {"index-pattern": "7.11.0", "visualization": "8.0.0", "dashboard": "8.7.0"}
+STAMPS = {"index-pattern": "7.11.0", "visualization": "8.0.0", "search": "7.9.3",
+          "dashboard": "8.7.0"}
 PANEL_VERSION = "8.8.0"
 
 DATA_VIEW_ID = "swarming-checks"
@@ -32,6 +34,14 @@ DATA_VIEW_TITLE = "heartbeat-*,synthetics-icmp-*"
 # Only swarming's checks: real Heartbeat/Fleet ICMP monitors have no ping.*.
 CHECKS = 'event.dataset : "icmp" and ping.sent : *'
 LIFECYCLE = 'event.dataset : "swarming.agent"'
+# State-change documents: one per verdict transition. An incident is the
+# document of the bad state (verdict.since) and the one that ends it, which
+# carries the start under verdict.previous.
+VERDICTS = 'event.dataset : "swarming.verdict"'
+INCIDENT_COLUMNS = ["verdict.kind", "verdict.subject", "verdict.state", "verdict.cause",
+                    "verdict.previous.state", "verdict.previous.since", "verdict.since",
+                    "message"]
+INCIDENTS_ID = "swarming-incidents"
 RTT_ECHOES = "ping.rtts_ms"  # every echo's rtt: percentiles over echoes
 PERCENTS = [50, 95, 99]
 
@@ -172,6 +182,36 @@ def table(vid, title, query, buckets, metrics):
     })
 
 
+def saved_search(sid, title, query, columns, sort):
+    """A saved search (Discover) shown as a document table on dashboards."""
+    return stamped({
+        "type": "search",
+        "id": sid,
+        "attributes": {
+            "title": title,
+            "description": "",
+            "version": 1,
+            "hits": 0,
+            "columns": columns,
+            "sort": sort,
+            "kibanaSavedObjectMeta": {
+                "searchSourceJSON": json.dumps({
+                    "highlightAll": True,
+                    "version": True,
+                    "query": {"query": query, "language": "kuery"},
+                    "filter": [],
+                    "indexRefName": "kibanaSavedObjectMeta.searchSourceJSON.index",
+                })
+            },
+        },
+        "references": [{"name": "kibanaSavedObjectMeta.searchSourceJSON.index",
+                        "type": "index-pattern", "id": DATA_VIEW_ID}],
+    })
+
+
+SEARCHES = {INCIDENTS_ID}
+
+
 def dashboard(did, title, description, panels):
     panel_json = []
     refs = []
@@ -180,15 +220,16 @@ def dashboard(did, title, description, panels):
         if x + w > 48:  # the dashboard grid is 48 columns wide
             x, y, row_h = 0, y + row_h, 0
         idx = str(i + 1)
+        ty = "search" if vid in SEARCHES else "visualization"
         panel_json.append({
             "version": PANEL_VERSION,
-            "type": "visualization",
+            "type": ty,
             "gridData": {"x": x, "y": y, "w": w, "h": h, "i": idx},
             "panelIndex": idx,
             "embeddableConfig": {"enhancements": {}},
             "panelRefName": "panel_" + idx,
         })
-        refs.append({"name": idx + ":panel_" + idx, "type": "visualization", "id": vid})
+        refs.append({"name": idx + ":panel_" + idx, "type": ty, "id": vid})
         x, row_h = x + w, max(row_h, h)
     return stamped({
         "type": "dashboard",
@@ -251,12 +292,15 @@ def objects():
         table("swarming-agent-lifecycle", "swarming: agent lost / shutdown events",
               LIFECYCLE, [AGENT, ("event.action", "Event")],
               [("count", None, "Events"), ("max", "@timestamp", "Last seen")]),
+        saved_search(INCIDENTS_ID, "swarming: incidents", VERDICTS, INCIDENT_COLUMNS,
+                     [["@timestamp", "desc"]]),
         dashboard("swarming-compare-targets", "swarming: compare targets",
                   "Loss and echo rtt percentiles per target, and per agent for each target.",
                   [("swarming-loss-by-target", 24, 15),
                    ("swarming-rtt-p95-by-target", 24, 15),
                    ("swarming-targets-table", 48, 15),
-                   ("swarming-target-agent-table", 48, 20)]),
+                   ("swarming-target-agent-table", 48, 20),
+                   (INCIDENTS_ID, 48, 15)]),
         dashboard("swarming-compare-agents", "swarming: compare agents and providers",
                   "The same target seen from each agent and provider: loss and echo rtt "
                   "percentiles per agent and per labels.provider.",
@@ -266,7 +310,8 @@ def objects():
                    ("swarming-rtt-p95-by-provider", 24, 15),
                    ("swarming-target-agent-table", 48, 20),
                    ("swarming-agents-table", 48, 15),
-                   ("swarming-agent-lifecycle", 48, 12)]),
+                   ("swarming-agent-lifecycle", 48, 12),
+                   (INCIDENTS_ID, 48, 15)]),
     ]
 
 
