@@ -381,11 +381,25 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
 
     let cfg = config(&dir, "probe-killed", &[broker.addr()]);
     let mut agent = start_agent(&cfg);
-    agent.wait_log(&["connected to broker"], 10 * SEC).await;
+    // Presence on connect, then again with the list version it applied.
+    let reason_is = |m: &Received, topic: &str, reason: &str| {
+        m.topic == topic
+            && serde_json::from_slice::<serde_json::Value>(&m.payload)
+                .is_ok_and(|j| j["reason"].as_str() == Some(reason))
+    };
+    let presence = sub
+        .next_matching(10 * SEC, |m| {
+            reason_is(m, "rip/agent/probe-killed", "online")
+                && m.json()["watch_version"].as_str() == Some("t")
+        })
+        .await
+        .expect("online presence acknowledging the list");
+    let p = presence.json();
+    assert_eq!(p["broker"].as_str(), Some(broker.addr().as_str()), "{p}");
     agent.signal("KILL");
     agent.wait(5 * SEC).await;
     let will = sub
-        .next_matching(10 * SEC, |m| m.topic == "rip/agent/probe-killed")
+        .next_matching(10 * SEC, |m| reason_is(m, "rip/agent/probe-killed", "lost"))
         .await
         .expect("last will");
     let j = will.json();
@@ -396,8 +410,17 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
     );
     // The instance id tells two agents of one name apart.
     assert!(j["instance"].as_str().is_some_and(|i| i.len() == 16), "{j}");
-    // The session's start identifies the notice (one document id everywhere).
+    // The session's start identifies the notice (one document id everywhere),
+    // the same connection as the presence.
     assert!(j["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{j}");
+    assert_eq!((&j["since"], &j["instance"]), (&p["since"], &p["instance"]));
+    // Retained: a new subscriber learns at once that it is gone.
+    let mut late = Collector::new(&[broker.port], &["rip/agent/probe-killed"]).await;
+    let kept = late
+        .next_matching(5 * SEC, |m| m.topic == "rip/agent/probe-killed")
+        .await
+        .expect("retained presence");
+    assert_eq!(kept.json()["reason"].as_str(), Some("lost"));
 
     let cfg = config(&dir, "probe-stopped", &[broker.addr()]);
     let mut agent = start_agent(&cfg);
@@ -410,7 +433,9 @@ async fn last_will_after_sigkill_and_notice_after_sigterm() {
     let status = agent.wait(10 * SEC).await;
     assert_eq!(status.code(), Some(0), "clean exit");
     let notice = sub
-        .next_matching(5 * SEC, |m| m.topic == "rip/agent/probe-stopped")
+        .next_matching(5 * SEC, |m| {
+            reason_is(m, "rip/agent/probe-stopped", "shutdown")
+        })
         .await
         .expect("shutdown notice");
     let j = notice.json();
@@ -872,4 +897,24 @@ async fn a_stopped_agent_skips_the_slots_it_missed_and_says_so() {
         .collect();
     assert!(after.len() >= 2, "{after:?}");
     assert!(after.windows(2).all(|w| w[1] - w[0] == 1000), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexers_trouble_verdict_reaches_the_agent_log() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, "probe-judged", &[broker.addr()]);
+    watch(broker.port, &["127.0.0.1"]).await;
+    // Retained, as the indexers publish it: the agent sees it on connect.
+    let verdict = br#"{"agent":"probe-judged","state":"trouble","since":"2026-12-03T10:00:00.000Z","reason":"3 of its 3 targets look bad to it while its peers see them up"}"#;
+    publish(broker.port, "verdict/agent/probe-judged", verdict, true).await;
+    let mut agent = start_agent(&cfg);
+    let line = agent.wait_log(&["TROUBLE ON THIS AGENT"], 10 * SEC).await;
+    assert!(line.contains("3 of its 3 targets"), "{line}");
+    // A verdict for another agent is not ours; an ok verdict is said quietly.
+    let ok = br#"{"agent":"probe-judged","state":"ok","since":"2026-12-03T10:05:00.000Z","reason":"its view agrees with its peers'"}"#;
+    publish(broker.port, "verdict/agent/probe-judged", ok, true).await;
+    agent
+        .wait_log(&["verdict on this agent", "Ok"], 10 * SEC)
+        .await;
 }

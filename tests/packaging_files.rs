@@ -196,10 +196,20 @@ fn samples() -> Vec<Value> {
         agent: "probe-paris-1".into(),
         reason: RipReason::Lost,
         since: Some("2026-11-25T12:00:00.000Z".into()),
+        instance: Some("0123456789abcdef".into()),
+        ..Rip::default()
+    };
+    let online = Rip {
+        reason: RipReason::Online,
+        broker: Some("mqtt1.example.net:8883".into()),
+        watch_version: Some("4f2a9c0d1e2b".into()),
+        ..rip.clone()
     };
     let mut docs = check_documents(Flavor::Uptime);
     docs.extend(check_documents(synthetics()));
-    docs.push(rip_document(&rip, SystemTime::now()));
+    docs.push(rip_document(&rip, SystemTime::now(), false));
+    docs.push(rip_document(&rip, SystemTime::now(), true));
+    docs.push(rip_document(&online, SystemTime::now(), false));
     docs
 }
 
@@ -250,74 +260,62 @@ fn every_document_field_is_mapped_with_a_fitting_type() {
 /// one it ends under `verdict.previous`). Written out here until
 /// `src/document.rs` builds them; then these become the builder's output.
 fn verdict_samples() -> Vec<Value> {
-    use serde_json::json;
-    let ecs = json!({"version": swarming::document::ECS_VERSION});
+    use swarming::document::{add_judgement, verdict_doc, Previous, VerdictChange};
+    use swarming::insight::verdict::Classified;
+    use swarming::protocol::{
+        AgentState, AgentVerdict, Cause, RoundState, TargetState, TargetVerdict,
+    };
+    let down = TargetVerdict {
+        target: "10.9.0.1".into(),
+        state: TargetState::Down,
+        cause: Cause::Target,
+        agents_bad: 4,
+        agents_total: 4,
+        providers_bad: 2,
+        since: "2026-12-03T19:00:01.000Z".into(),
+        provider: None,
+    };
+    let lossy = TargetVerdict {
+        target: "10.9.0.2".into(),
+        state: TargetState::Lossy,
+        cause: Cause::Provider,
+        agents_bad: 2,
+        providers_bad: 1,
+        provider: Some("p1".into()),
+        ..down.clone()
+    };
+    let trouble = AgentVerdict {
+        agent: "probe-paris-1".into(),
+        state: AgentState::Trouble,
+        since: "2026-12-03T19:05:00.000Z".into(),
+        reason: "most of its targets look bad to it only".into(),
+    };
+    let was = |state: &str, cause: Option<&str>| {
+        Some(Previous {
+            state: state.into(),
+            cause: cause.map(Into::into),
+            since: "2026-12-03T18:00:00.000Z".into(),
+        })
+    };
+    let mut check = check_documents(Flavor::Uptime).remove(0);
+    add_judgement(
+        &mut check,
+        &Classified {
+            state: RoundState::Slow,
+            slow_ms: 40.0,
+            lossy: 0.2,
+            baseline_ms: Some(12.5),
+        },
+    );
     vec![
         // A target goes down: the start of an incident.
-        json!({
-            "@timestamp": "2026-12-03T19:00:01.000Z",
-            "ecs": ecs,
-            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.down"},
-            "message": "target 10.9.0.1: down, cause target (4 of 4 agents bad, 2 providers) \
-                        since 2026-12-03T19:00:01.000Z; was up since 2026-12-03T18:00:00.000Z",
-            "verdict": {
-                "kind": "target", "subject": "10.9.0.1", "state": "down", "cause": "target",
-                "since": "2026-12-03T19:00:01.000Z",
-                "agents_bad": 4, "agents_total": 4, "providers_bad": 2,
-                "previous": {"state": "up", "cause": "none",
-                             "since": "2026-12-03T18:00:00.000Z"}
-            }
-        }),
-        // Back up: the end of it, carrying its start.
-        json!({
-            "@timestamp": "2026-12-03T19:12:00.000Z",
-            "ecs": ecs,
-            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.up"},
-            "message": "target 10.9.0.1: up since 2026-12-03T19:12:00.000Z; was down since \
-                        2026-12-03T19:00:01.000Z",
-            "verdict": {
-                "kind": "target", "subject": "10.9.0.1", "state": "up", "cause": "none",
-                "since": "2026-12-03T19:12:00.000Z",
-                "agents_bad": 0, "agents_total": 4, "providers_bad": 0,
-                "previous": {"state": "down", "cause": "target",
-                             "since": "2026-12-03T19:00:01.000Z"}
-            }
-        }),
-        // One provider's agents see the target lossy.
-        json!({
-            "@timestamp": "2026-12-03T19:20:00.000Z",
-            "ecs": ecs,
-            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "target.lossy"},
-            "message": "target 10.9.0.2: lossy, cause provider p1",
-            "verdict": {
-                "kind": "target", "subject": "10.9.0.2", "state": "lossy", "cause": "provider",
-                "provider": "p1", "since": "2026-12-03T19:20:00.000Z",
-                "agents_bad": 2, "agents_total": 4, "providers_bad": 1,
-                "previous": {"state": "up", "cause": "none",
-                             "since": "2026-12-03T18:00:00.000Z"}
-            }
-        }),
+        verdict_doc(&VerdictChange::Target(&down), was("up", Some("none"))).1,
+        // One provider's agents see a target lossy.
+        verdict_doc(&VerdictChange::Target(&lossy), None).1,
         // An agent verdict: no cause or counts, a reason and the agent.
-        json!({
-            "@timestamp": "2026-12-03T19:05:00.000Z",
-            "ecs": ecs,
-            "event": {"dataset": "swarming.verdict", "kind": "state", "action": "agent.trouble"},
-            "message": "agent probe-paris-1: trouble since 2026-12-03T19:05:00.000Z",
-            "verdict": {
-                "kind": "agent", "subject": "probe-paris-1", "state": "trouble",
-                "since": "2026-12-03T19:05:00.000Z",
-                "reason": "every target bad from this agent only",
-                "previous": {"state": "ok", "since": "2026-12-03T18:00:00.000Z"}
-            },
-            "observer": {"name": "probe-paris-1"}
-        }),
-        // The verdict fields a check document gains.
-        json!({
-            "@timestamp": "2026-12-03T19:00:00.000Z",
-            "event": {"dataset": swarming::document::CHECK_DATASET, "kind": "metric"},
-            "ping": {"state": "slow",
-                     "levels": {"slow_ms": 40.0, "lossy": 0.2, "baseline_ms": 12.5}}
-        }),
+        verdict_doc(&VerdictChange::Agent(&trouble), was("ok", None)).1,
+        // The judgement a check document gains.
+        check,
     ]
 }
 

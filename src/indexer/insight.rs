@@ -18,7 +18,7 @@ use crate::config::IndexerSettings;
 use crate::document;
 use crate::elasticsearch::BulkDoc;
 use crate::insight::verdict::{Change, Classified, Correlator, Notice, Observation, Settings};
-use crate::protocol::{self, PingResult};
+use crate::protocol::{self, PingResult, TargetState};
 
 /// Retained verdict payloads by topic: what every broker should hold.
 pub type VerdictBook = BTreeMap<String, Arc<Vec<u8>>>;
@@ -66,7 +66,7 @@ impl Insight {
             levels,
             ..Settings::default()
         });
-        c.set_targets(targets, SystemTime::now());
+        c.set_targets(targets);
         let insight = Insight {
             correlator: Mutex::new(c),
             book: watch::channel(Arc::new(VerdictBook::new())).0,
@@ -89,7 +89,7 @@ impl Insight {
     pub fn set_targets(&self, settings: &IndexerSettings) {
         let mut c = self.lock();
         c.set_levels(settings.levels);
-        c.set_targets(&target_list(settings), SystemTime::now());
+        c.set_targets(&target_list(settings));
     }
 
     /// Judges one accepted result (its timestamp already checked); `None`
@@ -142,10 +142,14 @@ impl Insight {
                         transition,
                     } => {
                         let topic = target_topic(&verdict.target);
-                        if transition {
+                        let previous = previous_of(book.get(&topic));
+                        // A first good view is no incident's end.
+                        let first_up = verdict.state == TargetState::Up
+                            && previous.as_ref().is_none_or(|p| p.state == "unknown");
+                        if transition && !first_up {
                             docs.push(document::verdict_doc(
                                 &document::VerdictChange::Target(&verdict),
-                                previous_of(book.get(&topic)),
+                                previous,
                             ));
                         }
                         book.insert(topic, Arc::new(payload(&verdict)));

@@ -15,7 +15,7 @@ fn start() -> Correlator {
     let mut c = Correlator::new(Settings::default());
     let list: Vec<(String, Option<Levels>)> =
         TARGETS.iter().map(|t| (t.to_string(), None)).collect();
-    c.set_targets(&list, at(0));
+    c.set_targets(&list);
     c
 }
 
@@ -297,7 +297,7 @@ fn two_indexers_seeing_results_in_other_orders_agree() {
 #[test]
 fn removed_targets_are_cleared_and_unknown_results_ignored() {
     let mut c = calm();
-    c.set_targets(&[("t1".into(), None)], at(20));
+    c.set_targets(&[("t1".into(), None)]);
     let ch = c.take_changes();
     assert!(ch.contains(&Change::TargetRemoved("t2".into())));
     assert!(c
@@ -320,7 +320,7 @@ fn agents_are_bounded() {
         max_agents: 10,
         ..Settings::default()
     });
-    c.set_targets(&[("t".into(), None)], at(0));
+    c.set_targets(&[("t".into(), None)]);
     for i in 0..1000 {
         let name = format!("spoof{i}");
         c.observe(&Observation {

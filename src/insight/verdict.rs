@@ -22,6 +22,10 @@
 //!   [`Settings::confirm_rounds`] full rounds after the round that showed
 //!   it (every reporting agent reported again, and the state still held).
 //!   One bad round never changes a verdict; one good round never ends one.
+//!   Agents are judged on *settled* views: an agent's view of a target
+//!   counts as bad (or good again) once it held for `confirm_rounds`
+//!   rounds after the one that showed it, so an agent's verdict depends on
+//!   the rounds alone, never on when an indexer looked.
 //! - Everything is computed from the rounds' own timestamps, never from
 //!   arrival times, so every indexer that sees the same results publishes
 //!   the same payloads. The clock that expires silent agents and targets
@@ -121,6 +125,14 @@ struct Pair {
     interval_ms: i64,
     /// First round of the current good or bad streak.
     streak_since_ms: i64,
+    /// Rounds in the current streak.
+    streak_rounds: u32,
+    /// Bad or good as confirmed: the streak held for more than
+    /// `confirm_rounds` rounds. Agents are judged on it, so their verdicts
+    /// follow the data alone, not when an indexer happens to look.
+    settled_bad: bool,
+    /// First round of the settled streak.
+    settled_since_ms: i64,
     baseline: Baseline,
 }
 
@@ -176,16 +188,6 @@ struct AgentEntry {
     interval_ms: i64,
     notice: Option<(Notice, i64)>,
     published: AgentVerdict,
-    pending: Option<AgentPending>,
-}
-
-/// A candidate agent state, confirmed by the agent's own rounds.
-#[derive(Debug)]
-struct AgentPending {
-    key: AgentState,
-    since_ms: i64,
-    /// Results from the agent since the candidate appeared.
-    results: usize,
 }
 
 /// The verdicts of one indexer.
@@ -240,7 +242,7 @@ impl Correlator {
 
     /// Sets the target list, each with its own levels or None for the
     /// defaults. New targets start `unknown`; removed ones are cleared.
-    pub fn set_targets(&mut self, list: &[(String, Option<Levels>)], now: SystemTime) {
+    pub fn set_targets(&mut self, list: &[(String, Option<Levels>)]) {
         let wanted: BTreeSet<&str> = list.iter().map(|(t, _)| t.as_str()).collect();
         let gone: Vec<String> = self
             .targets
@@ -252,7 +254,6 @@ impl Correlator {
             self.targets.remove(&t);
             self.changes.push(Change::TargetRemoved(t));
         }
-        let now_ms = system_ms(now);
         for (t, levels) in list {
             let levels = levels.unwrap_or(self.settings.levels);
             if let Some(e) = self.targets.get_mut(t) {
@@ -266,7 +267,10 @@ impl Correlator {
                 agents_bad: 0,
                 agents_total: 0,
                 providers_bad: 0,
-                since: rfc3339_ms(now_ms),
+                // Never reported on: the epoch, the same on every indexer
+                // (the wall clock would differ, and indexers would fight
+                // over the retained topic).
+                since: rfc3339_ms(0),
                 provider: None,
             };
             self.changes.push(Change::Target {
@@ -296,6 +300,9 @@ impl Correlator {
             at_ms: i64::MIN,
             interval_ms,
             streak_since_ms: o.at_ms,
+            streak_rounds: 0,
+            settled_bad: false,
+            settled_since_ms: o.at_ms,
             baseline: Baseline::default(),
         });
         let secs = o.at_ms.div_euclid(1000);
@@ -316,8 +323,20 @@ impl Correlator {
         if let Some(rtt) = o.rtt_avg_ms.filter(|_| state != RoundState::Down) {
             pair.baseline.push(secs, rtt);
         }
-        if state.is_bad() != pair.state.is_bad() || pair.at_ms == i64::MIN {
+        let first = pair.at_ms == i64::MIN;
+        if state.is_bad() != pair.state.is_bad() || first {
             pair.streak_since_ms = o.at_ms;
+            pair.streak_rounds = 0;
+        }
+        pair.streak_rounds = pair.streak_rounds.saturating_add(1);
+        // A streak settles after `confirm_rounds` more rounds; a first
+        // round settles at once only when good (a new agent is not
+        // presumed in trouble).
+        let settles =
+            pair.streak_rounds > self.settings.confirm_rounds || (first && !state.is_bad());
+        if settles && pair.settled_bad != state.is_bad() {
+            pair.settled_bad = state.is_bad();
+            pair.settled_since_ms = pair.streak_since_ms;
         }
         pair.state = state;
         pair.at_ms = o.at_ms;
@@ -326,16 +345,7 @@ impl Correlator {
 
         self.note_agent(o, interval_ms);
         self.judge_target(o.target, Some(o.agent));
-        // The agent's own verdict is judged on `tick` (it compares its view
-        // of every target with its peers'); here its rounds only count
-        // towards confirming a pending change.
-        if let Some(p) = self
-            .agents
-            .get_mut(o.agent)
-            .and_then(|a| a.pending.as_mut())
-        {
-            p.results = p.results.saturating_add(1);
-        }
+        // The agent's own verdict is judged on `tick`, from settled views.
         Some(classified)
     }
 
@@ -349,7 +359,14 @@ impl Correlator {
             // Results newer than the notice: the agent is back already.
             return;
         }
-        a.notice = Some((notice, at_ms));
+        // Dated from its rounds, not from when the notice arrived, so that
+        // every indexer publishes the same `since`: lost from the round
+        // that did not come, stopped from its last round.
+        let since = match notice {
+            Notice::Lost => a.last_ms.saturating_add(a.interval_ms),
+            Notice::Stopped => a.last_ms,
+        };
+        a.notice = Some((notice, since));
         self.judge_agent_at(agent, self.newest_ms, AgentView::default());
         // Its views no longer count for the targets.
         let targets: Vec<String> = self
@@ -418,7 +435,6 @@ impl Correlator {
                     interval_ms,
                     notice: None,
                     published: verdict,
-                    pending: None,
                 },
             );
         }
@@ -627,48 +643,39 @@ impl Correlator {
                 format!("no result for {SILENT_INTERVALS} intervals"),
             )
         } else {
-            let AgentView { alone, shared, .. } = view;
+            let AgentView {
+                alone,
+                shared,
+                mut alone_since,
+                good_since,
+                ..
+            } = view;
             if shared > 0 && alone * 2 > shared {
+                // Trouble began with the round that tipped the balance.
+                alone_since.sort_unstable();
+                let tipping = alone_since.get(shared / 2).copied().unwrap_or(a.last_ms);
                 (
                     AgentState::Trouble,
-                    a.last_ms,
+                    tipping,
                     format!("{alone} of {shared} targets look bad to it but fine to its peers"),
                 )
             } else {
-                (AgentState::Ok, a.last_ms, OK_REASON.to_owned())
+                (
+                    AgentState::Ok,
+                    good_since.unwrap_or(a.last_ms),
+                    OK_REASON.to_owned(),
+                )
             }
         };
-        // A round of an agent is one result per target it reports on.
-        let needed = view
-            .round
-            .max(1)
-            .saturating_mul(self.settings.confirm_rounds as usize);
         let Some(a) = self.agents.get_mut(agent) else {
             return;
         };
-        let adopt = if key == a.published.state {
-            a.pending = None;
-            false
-        } else if matches!(key, AgentState::Lost | AgentState::Stopped)
-            || a.published.state == AgentState::Lost
-        {
-            // Notices and silence are facts, not views; so is coming back.
-            true
-        } else {
-            match &mut a.pending {
-                Some(p) if p.key == key => p.results >= needed,
-                _ => {
-                    a.pending = Some(AgentPending {
-                        key,
-                        since_ms,
-                        results: 0,
-                    });
-                    needed == 0
-                }
-            }
-        };
+        // Views are built from settled streaks (already confirmed by the
+        // agent's own rounds), and notices and silence are facts: a change
+        // is adopted at once, the same on every indexer.
+        let adopt = key != a.published.state;
         if adopt {
-            let since = a.pending.take().map_or(since_ms, |p| p.since_ms);
+            let since = since_ms;
             a.published = AgentVerdict {
                 agent: agent.to_owned(),
                 state: key,
@@ -689,7 +696,7 @@ impl Correlator {
         for e in self.targets.values() {
             let reporting = self.reporting(e, at_ms);
             let total = reporting.len();
-            let up = reporting.iter().filter(|(_, p)| !p.state.is_bad()).count();
+            let up = reporting.iter().filter(|(_, p)| !p.settled_bad).count();
             for (agent, mine) in &reporting {
                 let v = views.entry((*agent).to_owned()).or_default();
                 v.round += 1;
@@ -698,9 +705,12 @@ impl Correlator {
                     continue;
                 }
                 v.shared += 1;
-                let peers_up = up - usize::from(!mine.state.is_bad());
-                if mine.state.is_bad() && peers_up * 2 > peers {
+                let peers_up = up - usize::from(!mine.settled_bad);
+                if mine.settled_bad && peers_up * 2 > peers {
                     v.alone += 1;
+                    v.alone_since.push(mine.settled_since_ms);
+                } else if !mine.settled_bad {
+                    v.good_since = v.good_since.max(Some(mine.settled_since_ms));
                 }
             }
         }
@@ -708,11 +718,15 @@ impl Correlator {
     }
 }
 
-/// One agent's view against its peers'.
-#[derive(Debug, Clone, Copy, Default)]
+/// One agent's view against its peers' (settled streaks only).
+#[derive(Debug, Clone, Default)]
 struct AgentView {
     /// Targets that look bad to it while most of its peers see them up.
     alone: usize,
+    /// When each of those went bad for it.
+    alone_since: Vec<i64>,
+    /// When the latest of its good views became good.
+    good_since: Option<i64>,
     /// Targets it shares with reporting peers.
     shared: usize,
     /// Targets it reports on (one result each make a round).
