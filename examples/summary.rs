@@ -85,6 +85,46 @@ fn cells(v: &Value) -> String {
     }
 }
 
+/// The indexers' verdicts that are not healthy: `verdicts: 127.0.0.3
+/// down (target), lyon trouble`, or `verdicts: all up/ok`.
+fn verdicts(v: &Value) -> String {
+    let list = |key: &str| v["verdicts"][key].as_array().cloned().unwrap_or_default();
+    let mut bad: Vec<String> = list("targets")
+        .iter()
+        .filter(|t| t["state"] != "up")
+        .map(|t| {
+            let cause = match t["cause"].as_str() {
+                Some("provider") => format!("provider {}", t["provider"].as_str().unwrap_or("?")),
+                Some(c) => c.to_owned(),
+                None => "?".into(),
+            };
+            format!(
+                "{} {} ({cause})",
+                t["target"].as_str().unwrap_or("?"),
+                t["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    bad.extend(
+        list("agents")
+            .iter()
+            .filter(|a| a["state"] != "ok")
+            .map(|a| {
+                let name = a["agent"].as_str().unwrap_or("?");
+                format!(
+                    "{} {}",
+                    name.strip_prefix("probe-").unwrap_or(name),
+                    a["state"].as_str().unwrap_or("?")
+                )
+            }),
+    );
+    if bad.is_empty() {
+        "verdicts: all up/ok".into()
+    } else {
+        format!("verdicts: {}", bad.join(", "))
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -117,10 +157,11 @@ async fn main() {
             continue;
         };
         let now = format!(
-            "agents {}  |  brokers {}  |  {}",
+            "agents {}  |  brokers {}  |  {}  |  {}",
             agents(&v),
             brokers(&v),
-            cells(&v)
+            cells(&v),
+            verdicts(&v)
         );
         if now != last || last_print.elapsed() >= QUIET_LINE_EVERY {
             let results: u64 = v["brokers"]

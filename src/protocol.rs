@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// Version of this wire contract (docs/protocol.md), shown by `--version`.
-pub const CONTRACT_VERSION: u32 = 1;
+pub const CONTRACT_VERSION: u32 = 2;
 /// Topic carrying the retained target list.
 pub const WATCH_TOPIC: &str = "watch";
 /// Prefix of result topics: `ping/{target}`.

@@ -24,8 +24,31 @@ const INTERVAL: u64 = 10;
 const AGENTS: [(&str, &str); 4] = [("a1", "p1"), ("a2", "p1"), ("a3", "p2"), ("a4", "p2")];
 const TARGETS: [&str; 5] = ["t1", "t2", "t3", "t4", "t5"];
 
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts an indexer with its file output in `dir` and its HTTP endpoint
+/// on a free port (returned).
+fn start_with_http(dir: &Path, name: &str, brokers: &[String]) -> (Daemon, u16) {
+    let port = free_port();
+    let file = format!(
+        "file: {{path: {}/results.ndjson}}\nhttp: {{listen: \"127.0.0.1:{port}\"}}\n",
+        dir.display()
+    );
+    let cfg = indexer_config(dir, name, brokers, &TARGETS, &file);
+    (
+        Daemon::spawn(INDEXER, &["-v", "-c", cfg.to_str().unwrap()], &[]),
+        port,
+    )
+}
+
 fn start(dir: &Path, name: &str, brokers: &[String]) -> Daemon {
-    let file = format!("file: {{path: {}/results.ndjson}}\n", dir.display());
+    let file = format!(
+        "file: {{path: {}/results.ndjson}}\nhttp: {{listen: off}}\n",
+        dir.display()
+    );
     let cfg = indexer_config(dir, name, brokers, &TARGETS, &file);
     Daemon::spawn(INDEXER, &["-v", "-c", cfg.to_str().unwrap()], &[])
 }
@@ -142,7 +165,7 @@ async fn verdicts_tell_target_provider_and_agent_faults_apart_on_every_broker() 
     let brokers = [a.addr(), b.addr()];
     let dir1 = tempfile::tempdir().unwrap();
     let dir2 = tempfile::tempdir().unwrap();
-    let mut idx1 = start(dir1.path(), "idx-one", &brokers);
+    let (mut idx1, http) = start_with_http(dir1.path(), "idx-one", &brokers);
     let mut idx2 = start(dir2.path(), "idx-two", &brokers);
     for idx in [&mut idx1, &mut idx2] {
         idx.wait_log(&["subscribed", &a.addr()], 10 * SEC).await;
@@ -250,6 +273,23 @@ async fn verdicts_tell_target_provider_and_agent_faults_apart_on_every_broker() 
             "{topic} on {port} flaps between {payloads:?}"
         );
     }
+    // The operator's JSON shows the same verdicts.
+    let body = reqwest::get(format!("http://127.0.0.1:{http}/api/state"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let targets = state["verdicts"]["targets"].as_array().unwrap();
+    assert!(targets.contains(&t1), "{state}");
+    assert!(
+        state["verdicts"]["agents"]
+            .as_array()
+            .unwrap()
+            .contains(&a4),
+        "{state}"
+    );
     let mut late = Collector::new(&[a.port, b.port], &["verdict/target/t1"]).await;
     for port in [a.port, b.port] {
         let m = late

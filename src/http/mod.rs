@@ -34,6 +34,8 @@ pub struct Sources {
     pub stats: Arc<IndexerStats>,
     pub es: watch::Receiver<EsState>,
     pub spool: Option<SharedSpool>,
+    /// The retained verdicts the indexer publishes, by topic.
+    pub verdicts: Option<watch::Receiver<Arc<crate::indexer::insight::VerdictBook>>>,
     /// When the spool was last seen non-empty after being empty.
     backlog_since: Arc<Mutex<Option<Instant>>>,
 }
@@ -50,6 +52,7 @@ impl Sources {
             stats,
             es,
             spool,
+            verdicts: None,
             backlog_since: Arc::new(Mutex::new(None)),
         }
     }
@@ -229,7 +232,8 @@ impl Endpoint {
         view: &crate::indexer::IndexerView,
         spool: Option<SharedSpool>,
     ) -> Endpoint {
-        let sources = Sources::new(swarm, view.stats.clone(), view.es.clone(), spool);
+        let mut sources = Sources::new(swarm, view.stats.clone(), view.es.clone(), spool);
+        sources.verdicts = Some(view.verdicts());
         configure(&sources.swarm, settings);
         let server = start_logged(settings.http, sources.clone()).await;
         Endpoint {

@@ -56,6 +56,31 @@ struct ApiState {
     #[serde(flatten)]
     swarm: Snapshot,
     indexer: IndexerView,
+    verdicts: Verdicts,
+}
+
+/// The verdicts as published on `verdict/target/...` and `verdict/agent/...`.
+#[derive(Serialize, Default)]
+struct Verdicts {
+    targets: Vec<serde_json::Value>,
+    agents: Vec<serde_json::Value>,
+}
+
+fn verdicts(src: &Sources) -> Verdicts {
+    let mut v = Verdicts::default();
+    let Some(book) = &src.verdicts else { return v };
+    let book = book.borrow().clone();
+    for (topic, payload) in book.iter() {
+        let Ok(j) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            continue;
+        };
+        if topic.starts_with(crate::protocol::VERDICT_TARGET_PREFIX) {
+            v.targets.push(j);
+        } else {
+            v.agents.push(j);
+        }
+    }
+    v
 }
 
 #[derive(Serialize)]
@@ -83,6 +108,7 @@ async fn api_state(State(src): State<Sources>) -> Response {
             elasticsearch_detail: detail,
             spool_pending: src.stats.spool_pending.load(Ordering::Relaxed),
         },
+        verdicts: verdicts(&src),
     };
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }

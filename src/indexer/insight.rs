@@ -18,7 +18,7 @@ use crate::config::IndexerSettings;
 use crate::document;
 use crate::elasticsearch::BulkDoc;
 use crate::insight::verdict::{Change, Classified, Correlator, Notice, Observation, Settings};
-use crate::protocol::{self, PingResult, TargetState};
+use crate::protocol::{self, AgentState, PingResult, TargetState};
 
 /// Retained verdict payloads by topic: what every broker should hold.
 pub type VerdictBook = BTreeMap<String, Arc<Vec<u8>>>;
@@ -27,6 +27,9 @@ pub type VerdictBook = BTreeMap<String, Arc<Vec<u8>>>;
 pub struct Insight {
     correlator: Mutex<Correlator>,
     book: watch::Sender<Arc<VerdictBook>>,
+    /// For status lines: targets not `up` (and not `unknown`), agents in
+    /// `trouble`, agents `lost`.
+    counts: Mutex<(usize, usize, usize)>,
 }
 
 /// The target list with each target's levels, as the correlator takes it.
@@ -70,6 +73,7 @@ impl Insight {
         let insight = Insight {
             correlator: Mutex::new(c),
             book: watch::channel(Arc::new(VerdictBook::new())).0,
+            counts: Mutex::new((0, 0, 0)),
         };
         // The `unknown` verdicts of the list, at once.
         insight.tick(SystemTime::now());
@@ -83,6 +87,12 @@ impl Insight {
     /// The book, for the broker sessions to follow.
     pub fn book(&self) -> watch::Receiver<Arc<VerdictBook>> {
         self.book.subscribe()
+    }
+
+    /// `verdicts: 2 targets bad, 1 agent in trouble, 0 lost`, for STATUS=.
+    pub fn summary(&self) -> String {
+        let (bad, trouble, lost) = *self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        format!("verdicts: {bad} targets bad, {trouble} agents in trouble, {lost} lost")
     }
 
     /// A new target list or new levels (on reload).
@@ -127,7 +137,17 @@ impl Insight {
         let changes = {
             let mut c = self.lock();
             c.tick(now);
-            c.take_changes()
+            let changes = c.take_changes();
+            if !changes.is_empty() {
+                let bad = c
+                    .target_verdicts()
+                    .filter(|v| !matches!(v.state, TargetState::Up | TargetState::Unknown))
+                    .count();
+                let agent = |s: AgentState| c.agent_verdicts().filter(|v| v.state == s).count();
+                let counts = (bad, agent(AgentState::Trouble), agent(AgentState::Lost));
+                *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+            }
+            changes
         };
         if changes.is_empty() {
             return Vec::new();

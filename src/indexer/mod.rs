@@ -133,6 +133,11 @@ impl IndexerView {
         self.intake.snapshot()
     }
 
+    /// The retained verdicts published, by topic.
+    pub fn verdicts(&self) -> watch::Receiver<Arc<insight::VerdictBook>> {
+        self.intake.insight.book()
+    }
+
     /// `component: problem` for every part not ok (empty when all are).
     pub fn problems(&self) -> Vec<String> {
         self.supervisor.problems()
@@ -548,10 +553,11 @@ impl Indexer {
             format!("; PROBLEMS: {}", problems.join("; "))
         };
         format!(
-            "brokers up {}/{}; {} agents alive; {} results ({:.1}/s avg); {} indexed, {} dead, {} bad messages; {es}{spool}{problems}",
+            "brokers up {}/{}; {} agents alive; {}; {} results ({:.1}/s avg); {} indexed, {} dead, {} bad messages; {es}{spool}{problems}",
             s.brokers_up.load(Ordering::Relaxed),
             self.sessions.len(),
             alive,
+            self.view.intake.insight.summary(),
             s.received.load(Ordering::Relaxed),
             s.received.load(Ordering::Relaxed) as f64 / secs,
             s.indexed.load(Ordering::Relaxed),
