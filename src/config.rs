@@ -470,7 +470,12 @@ pub struct RawAgentConfig {
     pub allow: Vec<String>,
     /// CIDR prefixes the agent never pings, whatever `allow` says.
     pub deny: Vec<String>,
+    /// Where the agent keeps the running signed list's sequence.
+    pub state_dir: PathBuf,
 }
+
+/// The agent's default state directory (systemd's `StateDirectory=`).
+pub const AGENT_STATE_DIR: &str = "/var/lib/swarming-agent";
 
 /// Default address of the agent's optional `/metrics` endpoint (next to
 /// the indexer's [`INDEXER_HTTP_LISTEN`]).
@@ -509,6 +514,7 @@ impl Default for RawAgentConfig {
             watch_keys: Vec::new(),
             allow: Vec::new(),
             deny: Vec::new(),
+            state_dir: PathBuf::from(AGENT_STATE_DIR),
         }
     }
 }
@@ -591,6 +597,8 @@ pub struct AgentSettings {
     /// Empty: any publisher's list is applied.
     pub watch_keys: Vec<PublicKey>,
     pub rules: Rules,
+    /// Where the running signed list's sequence is kept.
+    pub state_dir: PathBuf,
 }
 
 impl AgentSettings {
@@ -702,6 +710,13 @@ impl AgentSettings {
             ));
         }
         check_log_level(file, &raw.log.level)?;
+        if !raw.state_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                file,
+                "state_dir",
+                "must be an absolute path",
+            ));
+        }
         Ok(AgentSettings {
             file: file.to_owned(),
             name,
@@ -724,6 +739,7 @@ impl AgentSettings {
             auth,
             watch_keys,
             rules,
+            state_dir: raw.state_dir,
         })
     }
 }

@@ -1,4 +1,4 @@
-//! Wire contract v1 between agents and indexers (see `docs/protocol.md`).
+//! Wire contract v2 between agents and indexers (see `docs/protocol.md`).
 //!
 //! Topics:
 //! - `watch`: retained target list, published by indexers ([`WatchList`]).

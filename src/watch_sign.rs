@@ -245,6 +245,35 @@ impl Verifier {
         !self.keys.is_empty()
     }
 
+    /// The running list's sequence and content digest (hex), to keep
+    /// across restarts.
+    pub fn running(&self) -> Option<(u64, String)> {
+        self.running.as_ref().map(|(seq, digest)| {
+            (
+                *seq,
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            )
+        })
+    }
+
+    /// Restores what [`Verifier::running`] returned in an earlier run, so
+    /// that an old signed list replayed after a restart is refused too.
+    /// `None` for a digest that is not hex.
+    pub fn restore(&mut self, sequence: u64, digest_hex: &str) -> Option<()> {
+        if digest_hex.len() % 2 != 0 || digest_hex.len() > 128 {
+            return None;
+        }
+        let digest = (0..digest_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(digest_hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        self.running = Some((sequence, digest));
+        Some(())
+    }
+
     /// New trusted keys (reload); the running sequence stays.
     pub fn set_keys(&mut self, keys: Vec<PublicKey>) {
         self.keys = keys;
@@ -432,6 +461,24 @@ mod tests {
         let parsed = crate::protocol::WatchList::parse(&signed).unwrap();
         assert_eq!(parsed.targets.len(), 1);
         assert!(next_sequence() < next_sequence());
+    }
+
+    #[test]
+    fn the_running_sequence_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = generate(&dir.path().join("k")).unwrap();
+        let k = SigningKey::load(&dir.path().join("k")).unwrap();
+        let mut v = Verifier::new(vec![public.clone()]);
+        let old = sign(&list(&["127.0.0.1"], "v1"), &k, 10).unwrap();
+        let new = sign(&list(&["127.0.0.2"], "v2"), &k, 20).unwrap();
+        v.check(&new).unwrap();
+        let (seq, digest) = v.running().unwrap();
+        let mut after = Verifier::new(vec![public]);
+        after.restore(seq, &digest).unwrap();
+        assert!(matches!(after.check(&old), Err(Refusal::Replayed { .. })));
+        // The same list again is no replay.
+        assert!(after.check(&new).is_ok());
+        assert!(after.restore(1, "zz").is_none());
     }
 
     #[test]

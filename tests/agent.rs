@@ -22,8 +22,9 @@ fn config(dir: &tempfile::TempDir, name: &str, brokers: &[String]) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "name: {name}\nlabels: {{provider: test, location: Lab}}\nbrokers: [{}]\nkeepalive: 1s\nping: {{interval: 1s, count: 2, timeout: 300ms}}\nlimits: {{max_targets: 10, max_rate: 100}}\n",
-            brokers.join(", ")
+            "name: {name}\nlabels: {{provider: test, location: Lab}}\nbrokers: [{}]\nkeepalive: 1s\nping: {{interval: 1s, count: 2, timeout: 300ms}}\nlimits: {{max_targets: 10, max_rate: 100}}\nstate_dir: {}\n",
+            brokers.join(", "),
+            dir.path().display()
         ),
     )
     .unwrap();

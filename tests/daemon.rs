@@ -434,7 +434,7 @@ async fn version_help_and_check_config_tell_the_truth() {
         let (status, out) = run(bin, &["--version"]).await;
         assert!(status.success(), "{out}");
         assert!(
-            out.contains(env!("CARGO_PKG_VERSION")) && out.contains("wire contract v1"),
+            out.contains(env!("CARGO_PKG_VERSION")) && out.contains("wire contract v2"),
             "{out}"
         );
         let (status, out) = run(bin, &["--help"]).await;
@@ -526,4 +526,34 @@ async fn indexer_status_says_when_its_page_cannot_listen() {
     // It still does its job: running, and stops cleanly.
     idx.signal("TERM");
     assert!(idx.wait(10 * SEC).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_status_shows_the_indexers_trouble_verdict() {
+    let a = Mosquitto::start().await;
+    publish(a.port, "watch", br#"{"targets": ["127.0.0.1"]}"#, true).await;
+    let trouble = br#"{"agent":"probe-d","state":"trouble","since":"2026-12-03T10:00:00.000Z","reason":"3 of 4 targets look bad to it but fine to its peers"}"#;
+    publish(a.port, "verdict/agent/probe-d", trouble, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    std::fs::write(&cfg, agent_yaml(&[a.addr()], "p", "")).unwrap();
+    let mut notify = Notify::bind(dir.path());
+    let mut agent = Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[notify.env()]);
+    let status = notify
+        .expect(&["STATUS=TROUBLE (indexers' verdict"], 10 * SEC)
+        .await;
+    assert!(status.contains("3 of 4 targets"), "{status}");
+    // The verdict lifted: the status line says so within a refresh.
+    let ok = br#"{"agent":"probe-d","state":"ok","since":"2026-12-03T10:05:00.000Z","reason":"its view agrees with its peers'"}"#;
+    publish(a.port, "verdict/agent/probe-d", ok, true).await;
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    loop {
+        let s = notify.expect(&["STATUS="], 5 * SEC).await;
+        if !s.contains("TROUBLE") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {s}");
+    }
+    agent.signal("TERM");
+    agent.wait(10 * SEC).await;
 }

@@ -147,7 +147,8 @@ fn agent_config(dir: &Path, brokers: &str, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "brokers: [{brokers}]\nkeepalive: 1s\nping: {{interval: 1s, count: 2, timeout: 300ms}}\nlimits: {{max_targets: 10, max_rate: 100}}\n{extra}"
+            "brokers: [{brokers}]\nkeepalive: 1s\nping: {{interval: 1s, count: 2, timeout: 300ms}}\nlimits: {{max_targets: 10, max_rate: 100}}\nstate_dir: {}\n{extra}",
+            dir.display()
         ),
     )
     .unwrap();
@@ -392,6 +393,63 @@ async fn an_indexer_and_two_agents_run_over_mutual_tls() {
 fn signed(key: &SigningKey, targets: &[&str], sequence: u64) -> Vec<u8> {
     let list = serde_json::json!({"targets": targets, "version": format!("v{sequence}")});
     watch_sign::sign(list.to_string().as_bytes(), key, sequence).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_signed_list_replayed_after_a_restart_is_refused() {
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = watch_sign::generate(&dir.path().join("good.key")).unwrap();
+    let good = SigningKey::load(&dir.path().join("good.key")).unwrap();
+    let cfg = agent_config(
+        dir.path(),
+        &format!("\"{}\"", broker.addr()),
+        &format!("name: probe-r\nwatch_keys: [\"{public}\"]\n"),
+    );
+    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
+    publish(
+        broker.port,
+        "watch",
+        &signed(&good, &["127.0.0.2"], 20),
+        true,
+    )
+    .await;
+    let mut agent = Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[]);
+    sub.next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.2")
+        .await
+        .expect("signed list applied");
+    agent.signal("TERM");
+    assert!(agent.wait(10 * SEC).await.success());
+    // While the agent is down, an old list signed by the same key is put
+    // back (retained) on the broker.
+    publish(
+        broker.port,
+        "watch",
+        &signed(&good, &["127.0.0.1"], 10),
+        true,
+    )
+    .await;
+    let mut agent = Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[]);
+    agent
+        .wait_log(
+            &[
+                "signed lists older than the one run last are refused",
+                "sequence=20",
+            ],
+            10 * SEC,
+        )
+        .await;
+    agent
+        .wait_log(&["watch message refused", "replayed"], 10 * SEC)
+        .await;
+    sub.drain_for(Duration::ZERO).await;
+    let after = sub.drain_for(3 * SEC).await;
+    assert!(
+        !after.iter().any(|m| m.topic == "ping/127.0.0.1"),
+        "the replayed list was applied"
+    );
+    agent.signal("TERM");
+    assert!(agent.wait(10 * SEC).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

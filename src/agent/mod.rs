@@ -8,6 +8,7 @@
 
 pub mod once;
 pub mod self_check;
+pub mod watch_state;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,6 +104,8 @@ pub struct Scheduler {
     guard: Arc<crate::guard::Guard>,
     /// Signature and replay checks on `watch` (keys change on reload).
     verifier: Arc<std::sync::Mutex<crate::watch_sign::Verifier>>,
+    /// Where the running signed list's sequence is kept across restarts.
+    sequence_file: std::path::PathBuf,
 }
 
 impl Scheduler {
@@ -171,11 +174,18 @@ pub fn handle_watch(
     scheduler: &mut Scheduler,
     stats: &AgentStats,
 ) -> Option<Option<String>> {
-    let verified = scheduler
-        .verifier
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .check(payload);
+    let verified = {
+        let mut v = scheduler.verifier.lock().unwrap_or_else(|p| p.into_inner());
+        let before = v.running();
+        let verified = v.check(payload);
+        match v.running() {
+            Some((seq, digest)) if verified.is_ok() && v.running() != before => {
+                watch_state::save(scheduler.sequence_file.clone(), seq, digest);
+            }
+            _ => {}
+        }
+        verified
+    };
     if let Err(e) = verified {
         let n = stats.watch_rejected.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(error = %e, rejected_total = n, "watch message refused; keeping the previous list");
@@ -294,9 +304,19 @@ impl Agent {
             auth: settings.auth.clone(),
         });
         let guard = Arc::new(crate::guard::Guard::new(settings.rules.clone()));
-        let verifier = Arc::new(std::sync::Mutex::new(crate::watch_sign::Verifier::new(
-            settings.watch_keys.clone(),
-        )));
+        let mut kept = crate::watch_sign::Verifier::new(settings.watch_keys.clone());
+        let sequence_file = watch_state::path(&settings.state_dir);
+        if kept.enabled() {
+            if let Some((seq, digest)) = watch_state::load(&sequence_file) {
+                if kept.restore(seq, &digest).is_some() {
+                    tracing::info!(
+                        sequence = seq,
+                        "signed lists older than the one run last are refused"
+                    );
+                }
+            }
+        }
+        let verifier = Arc::new(std::sync::Mutex::new(kept));
         if settings.watch_keys.is_empty() {
             tracing::warn!("no watch_keys configured: target lists from any publisher on the brokers are applied");
         }
@@ -362,6 +382,7 @@ impl Agent {
             max_targets: settings.max_targets,
             guard: guard.clone(),
             verifier: verifier.clone(),
+            sequence_file,
         };
         let (max_targets_tx, mut max_targets_rx) = watch::channel(settings.max_targets);
         let main_stop = stop_pinging.clone();
