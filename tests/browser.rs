@@ -34,11 +34,22 @@ fn result(agent: &str, provider: &str, target: &str, round: u32, received: u32) 
         .then(|| serde_json::json!({"min": 0.5, "avg": 0.6, "max": 0.8, "stddev": 0.1}));
     serde_json::json!({
         "agent": agent, "labels": {"provider": provider}, "target": target,
-        "addr": target, "timestamp": format!("2026-12-03T10:{:02}:{:02}.000Z", round / 60, round % 60),
+        "addr": target, "timestamp": round_ts(round),
         "interval": 60.0, "sent": 4, "received": received, "rtt": rtt, "rtts": rtts
     })
     .to_string()
     .into_bytes()
+}
+
+/// Round `round`: an hour ago (whole minute) plus `round` seconds, always
+/// within the window indexers accept.
+fn round_ts(round: u32) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(now - now % 60 - 3600 + u64::from(round));
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// Publishes one round of every agent towards every target; `down` stops
@@ -190,9 +201,9 @@ async fn the_live_page_shows_the_matrix_and_a_target_going_down() {
     }
     let n = AGENTS.len() * TARGETS.len();
     wait_state(&base, |v| {
-        v["cells"].as_array().is_some_and(|c| {
-            c.len() == n && c.iter().all(|c| c["round"] == "2026-12-03T10:00:02.000Z")
-        })
+        v["cells"]
+            .as_array()
+            .is_some_and(|c| c.len() == n && c.iter().all(|c| c["round"] == round_ts(2).as_str()))
     })
     .await;
 
@@ -245,6 +256,20 @@ async fn the_live_page_shows_the_matrix_and_a_target_going_down() {
     assert!(hover.contains("loss 100 % (0/4)"), "hover text: {hover:?}");
     // The history of the target shows the lost round.
     assert!(dom.contains("<rect"), "loss drawn in the history");
+    // One more round down, and the indexer's verdict says whose fault it is.
+    publish_round(broker.port, 4, Some("127.0.0.2")).await;
+    let dom = wait_dom(&mut browser, |dom| {
+        dom.contains("data-verdict=\"down\" data-cause=\"target\"")
+    })
+    .await;
+    assert!(
+        dom.contains(">down (target)<"),
+        "verdict shown on the target's row"
+    );
+    assert!(
+        dom.contains("data-verdict=\"up\" data-cause=\"none\""),
+        "the others are up"
+    );
     drop(browser);
 
     let shot = artifacts().join("browser-matrix.png");
@@ -278,10 +303,10 @@ async fn the_live_page_shows_the_matrix_and_a_target_going_down() {
             broker.addr()
         ),
         &format!(
-            "swarming_broker_results_received_total{{broker=\"{}\"}} 36",
+            "swarming_broker_results_received_total{{broker=\"{}\"}} 45",
             broker.addr()
         ),
-        "swarming_results_received_total 36",
+        "swarming_results_received_total 45",
     ] {
         assert!(
             metrics.lines().any(|l| l.starts_with(line)),

@@ -70,6 +70,10 @@ function render(st) {
   }));
 
   const cells = new Map(st.cells.map(c => [c.target + "\u0000" + c.agent, c]));
+  // The indexers' verdicts (retained on verdict/...): whose fault a bad view is.
+  const verdicts = st.verdicts || { targets: [], agents: [] };
+  const targetVerdict = new Map(verdicts.targets.map(v => [v.target, v]));
+  const agentVerdict = new Map(verdicts.agents.map(v => [v.agent, v]));
   const table = document.getElementById("matrix");
   const groups = [];
   for (const a of agents) {
@@ -83,13 +87,20 @@ function render(st) {
   const head2 = el("tr", {}, el("th", {}, "target \\ agent"));
   const head3 = el("tr", {}, el("th", { class: "target" }, "broker"));
   for (const a of agents) {
+    const v = agentVerdict.get(a.name);
     const title = `${a.name}\nbroker ${a.broker || "–"}\n` +
-      (a.alive ? "alive" : "not alive" + (a.notice ? " (" + a.notice + ")" : ""));
-    head2.append(el("th", { class: "agent" + (a.alive ? "" : " dead"), "data-agent": a.name, title: title }, a.name));
+      (a.alive ? "alive" : "not alive" + (a.notice ? " (" + a.notice + ")" : "")) +
+      (a.list_version ? `\nlist ${a.list_version}` : "") +
+      (v ? `\nverdict: ${v.state} since ${v.since} (${v.reason})` : "");
+    const trouble = v && v.state === "trouble" ? " trouble" : "";
+    head2.append(el("th", { class: "agent" + (a.alive ? "" : " dead") + trouble, "data-agent": a.name,
+      "data-verdict": v ? v.state : "", title: title }, a.name));
     head3.append(el("th", { class: "broker-of", "data-agent": a.name, "data-broker": a.broker || "", title: title },
       a.broker ? (brokerNo.get(a.broker) || a.broker) : "–"));
   }
   head2.append(el("th", {}, "history"));
+  head2.append(el("th", {}, "verdict"));
+  head3.append(el("th", {}));
   head3.append(el("th", {}));
   const rows = [head1, head2, head3];
   for (const t of st.targets) {
@@ -105,6 +116,12 @@ function render(st) {
         "data-state": state, title: title }, c && c.loss ? Math.round(c.loss * 100) : ""));
     }
     tr.append(el("td", { class: "history" }, sparkline(st.history[t])));
+    const v = targetVerdict.get(t);
+    const cause = !v || v.cause === "none" ? "" :
+      v.cause === "provider" ? ` (provider ${v.provider})` : ` (${v.cause})`;
+    tr.append(el("td", { class: "verdict verdict-" + (v ? v.state : "none"), "data-verdict": v ? v.state : "",
+      "data-cause": v ? v.cause : "", title: v ? `${v.agents_bad} of ${v.agents_total} agents see it bad, since ${v.since}` : "no verdict yet" },
+      v ? v.state + cause : "–"));
     rows.push(tr);
   }
   table.replaceChildren(...rows);
