@@ -45,11 +45,15 @@ fn start_with_http(dir: &Path, name: &str, brokers: &[String]) -> (Daemon, u16) 
 }
 
 fn start(dir: &Path, name: &str, brokers: &[String]) -> Daemon {
+    start_for(dir, name, brokers, &TARGETS)
+}
+
+fn start_for(dir: &Path, name: &str, brokers: &[String], targets: &[&str]) -> Daemon {
     let file = format!(
         "file: {{path: {}/results.ndjson}}\nhttp: {{listen: off}}\n",
         dir.display()
     );
-    let cfg = indexer_config(dir, name, brokers, &TARGETS, &file);
+    let cfg = indexer_config(dir, name, brokers, targets, &file);
     Daemon::spawn(INDEXER, &["-v", "-c", cfg.to_str().unwrap()], &[])
 }
 
@@ -141,10 +145,10 @@ fn lines(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Waits (up to 10 s) for a stored document matching `want`: the file
+/// Waits (up to 20 s) for a stored document matching `want`: the file
 /// output is written in batches.
 async fn wait_doc(dir: &Path, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    let deadline = tokio::time::Instant::now() + 20 * SEC;
     loop {
         if let Some(d) = lines(dir).into_iter().find(|d| want(d)) {
             return d;
@@ -441,4 +445,71 @@ async fn a_late_will_of_an_earlier_connection_is_stale_never_lost() {
         v["state"] == "lost"
     })
     .await;
+}
+
+const AGENT: &str = env!("CARGO_BIN_EXE_swarming-agent");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_coming_back_gives_no_false_lost() {
+    let brokers = [Mosquitto::start().await, Mosquitto::start().await];
+    let addrs = [brokers[0].addr(), brokers[1].addr()];
+    let dir = tempfile::tempdir().unwrap();
+    let mut idx = start_for(
+        dir.path(),
+        "idx-frozen",
+        &addrs,
+        &["127.0.0.1", "127.0.0.2"],
+    );
+    idx.wait_log(&["subscribed", &addrs[0]], 10 * SEC).await;
+    idx.wait_log(&["subscribed", &addrs[1]], 10 * SEC).await;
+    let cfg = dir.path().join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: probe-f\nlabels: {{provider: p1}}\nbrokers: [\"{}\", \"{}\"]\nkeepalive: 1s\nping: {{interval: 1s, count: 1, timeout: 300ms}}\nstate_dir: {}\n",
+            addrs[0],
+            addrs[1],
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Daemon::spawn(AGENT, &["-v", "-c", cfg.to_str().unwrap()], &[]);
+    let line = agent.wait_log(&["connected to broker"], 10 * SEC).await;
+    let first = usize::from(line.contains(&addrs[1]));
+    let mut sub = Collector::new(&[brokers[1 - first].port], &["verdict/agent/probe-f"]).await;
+    verdict(
+        &mut sub,
+        brokers[1 - first].port,
+        "verdict/agent/probe-f",
+        |v| v["state"] == "ok",
+    )
+    .await;
+
+    // The agent's broker freezes: the agent moves to the other one.
+    brokers[first].freeze();
+    agent
+        .wait_new_log(&["connected to broker", &addrs[1 - first]], 15 * SEC)
+        .await;
+    // It comes back and publishes the will of the agent's old connection.
+    brokers[first].thaw();
+    let will = wait_doc(dir.path(), |d| d["event"]["action"] == "lost").await;
+    assert_eq!(will["swarming"]["agent"]["stale"], true, "{will}");
+    // Not lost: the verdict stays ok.
+    let after = sub.drain_for(4 * SEC).await;
+    assert!(
+        after.iter().all(|m| m.json()["state"] == "ok"),
+        "false verdict: {:?}",
+        after
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !lines(dir.path())
+            .iter()
+            .any(|d| d["event"]["action"] == "lost" && d["swarming"]["agent"]["stale"] == false),
+        "a will recorded as a loss"
+    );
+    agent.signal("TERM");
+    agent.wait(10 * SEC).await;
 }

@@ -177,6 +177,20 @@ impl Agents {
         })
     }
 
+    /// Judges a notice as [`Agents::notice`] would, recording nothing.
+    pub fn judge_notice(
+        &self,
+        rip: &Rip,
+        since_ms: Option<i64>,
+        broker: &str,
+        now: SystemTime,
+    ) -> NoticeKind {
+        match self.map.get(&rip.agent) {
+            Some((_, seen)) => seen.judge(rip, since_ms, broker, now),
+            None => NoticeKind::Current,
+        }
+    }
+
     /// Judges and records a lifecycle notice received through `broker` at
     /// `now`; `since_ms` is the notice's connection start.
     pub fn notice(

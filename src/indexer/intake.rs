@@ -23,6 +23,21 @@ pub const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// skew between hosts).
 pub const MAX_AHEAD: Duration = Duration::from_secs(3600);
 
+/// How long a will waits before it counts as the agent's loss: an agent
+/// that failed over announces its new connection on another broker, and
+/// that announcement may reach us after the old connection's will (a
+/// frozen broker coming back right then). Within this time the will is
+/// judged again, and found stale.
+pub const WILL_GRACE: Duration = Duration::from_secs(5);
+
+/// A will waiting out [`WILL_GRACE`].
+struct PendingWill {
+    rip: Rip,
+    since_ms: Option<i64>,
+    broker: Broker,
+    arrived: SystemTime,
+}
+
 /// Why a message was skipped.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -48,9 +63,12 @@ pub enum Refusal {
 pub struct Intake {
     pub stats: Arc<IndexerStats>,
     agents: Mutex<Agents>,
+    /// Wills waiting out their grace, oldest first (bounded by MAX_AGENTS).
+    wills: Mutex<std::collections::VecDeque<PendingWill>>,
     bad_log: Throttled,
     news_log: Throttled,
     notice_log: Throttled,
+    stale_log: Throttled,
     /// Shapes check documents for the configured Kibana app (fixed until restart).
     shaper: document::CheckShaper,
     /// What the HTTP page and metrics show. http: hook
@@ -71,9 +89,11 @@ impl Intake {
             swarm: Arc::new(crate::swarm_state::SwarmState::new()),
             stats,
             agents: Mutex::new(Agents::new(MAX_AGENTS)),
+            wills: Mutex::new(std::collections::VecDeque::new()),
             bad_log: Throttled::new(Duration::from_secs(10)),
             news_log: Throttled::new(Duration::from_secs(1)),
             notice_log: Throttled::new(Duration::from_secs(1)),
+            stale_log: Throttled::new(Duration::from_secs(1)),
         }
     }
 
@@ -210,6 +230,63 @@ impl Intake {
             }
         }
         let source = broker.to_string();
+        if rip.reason == RipReason::Lost
+            && self.agents().judge_notice(&rip, since_ms, &source, now) == NoticeKind::Current
+        {
+            let mut wills = self.wills.lock().unwrap_or_else(|p| p.into_inner());
+            let known = wills.iter().any(|w| {
+                w.rip.agent == rip.agent && w.since_ms == since_ms && w.rip.instance == rip.instance
+            });
+            if known {
+                return Ok(None);
+            }
+            if wills.len() < MAX_AGENTS {
+                tracing::debug!(agent = %rip.agent, broker = %broker, "a will: judged after its grace");
+                wills.push_back(PendingWill {
+                    rip,
+                    since_ms,
+                    broker: broker.clone(),
+                    arrived: now,
+                });
+                return Ok(None);
+            }
+            // Full (a flood of wills): judged at once.
+        }
+        self.record_notice(broker, rip, since_ms, now)
+    }
+
+    /// Judges the wills whose grace is over: the agent's loss, or stale if
+    /// it connected again meanwhile. Returns their documents.
+    pub fn settle_wills(&self, now: SystemTime) -> Vec<BulkDoc> {
+        let due: Vec<PendingWill> = {
+            let mut wills = self.wills.lock().unwrap_or_else(|p| p.into_inner());
+            let mut due = Vec::new();
+            while wills
+                .front()
+                .is_some_and(|w| now.duration_since(w.arrived).is_ok_and(|d| d >= WILL_GRACE))
+            {
+                due.extend(wills.pop_front());
+            }
+            due
+        };
+        due.into_iter()
+            .filter_map(|w| {
+                self.record_notice(&w.broker, w.rip, w.since_ms, w.arrived)
+                    .ok()
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// Judges and records a notice: its document, or `None` for a repeat.
+    fn record_notice(
+        &self,
+        broker: &Broker,
+        rip: Rip,
+        since_ms: Option<i64>,
+        now: SystemTime,
+    ) -> Result<Option<BulkDoc>, Refusal> {
+        let source = broker.to_string();
         let (touched, kind) = self.agents().notice(&rip, since_ms, &source, now);
         if touched.evicted {
             self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
@@ -222,7 +299,7 @@ impl Intake {
             }
             NoticeKind::Stale => {
                 self.stats.stale_notices.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.notice_log.hit() {
+                if let Some(suppressed) = self.stale_log.hit() {
                     tracing::info!(agent = %rip.agent, reason = rip.reason.as_str(), since = rip.since.as_deref().unwrap_or(""), broker = %broker, suppressed, "stale notice of an earlier connection: the agent is connected elsewhere, not lost");
                 }
             }
@@ -343,6 +420,51 @@ mod tests {
             Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
         );
         assert!(take(&intake, "rip/agent/x", br#"{"agent":"","reason":"lost"}"#).is_none());
-        assert!(take(&intake, "rip/agent/x", br#"{"agent":"x","reason":"lost"}"#).is_some());
+        assert!(take(
+            &intake,
+            "rip/agent/x",
+            br#"{"agent":"x","reason":"shutdown"}"#
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn a_will_counts_after_its_grace_unless_the_agent_connected_again() {
+        let intake = Intake::new(
+            Arc::new(IndexerStats::default()),
+            Default::default(),
+            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
+        );
+        let presence = |reason: &str, since: &str| {
+            format!(r#"{{"agent":"a","reason":"{reason}","instance":"i","since":"{since}"}}"#)
+        };
+        let (s1, s2) = ("2026-12-03T10:00:00.000Z", "2026-12-03T10:00:05.000Z");
+        assert!(take(&intake, "rip/agent/a", presence("online", s1).as_bytes()).is_some());
+        // The will of the first connection: held, not yet a loss.
+        assert!(take(&intake, "rip/agent/a", presence("lost", s1).as_bytes()).is_none());
+        // The new connection is announced during the grace.
+        assert!(take(&intake, "rip/agent/a", presence("online", s2).as_bytes()).is_some());
+        let now = SystemTime::now();
+        assert!(intake.settle_wills(now).is_empty(), "still in its grace");
+        let docs = intake.settle_wills(now + WILL_GRACE);
+        assert_eq!(docs.len(), 1);
+        assert!(
+            docs[0].source().contains(r#""stale":true"#),
+            "{}",
+            docs[0].source()
+        );
+        // The current connection's will, once its grace is over, is the loss.
+        assert!(take(&intake, "rip/agent/a", presence("lost", s2).as_bytes()).is_none());
+        let docs = intake.settle_wills(SystemTime::now() + WILL_GRACE);
+        assert_eq!(docs.len(), 1);
+        assert!(
+            docs[0].source().contains(r#""stale":false"#),
+            "{}",
+            docs[0].source()
+        );
+        assert_eq!(
+            intake.snapshot()["a"].last_rip.map(|r| r.0),
+            Some(RipReason::Lost)
+        );
     }
 }

@@ -84,11 +84,12 @@ fn published_watch(settings: &IndexerSettings) -> Vec<u8> {
     })
 }
 
-/// Once a second: the correlator's tick (silent agents expire), the
-/// verdict book updated for the sessions to publish, and each transition's
-/// document handed to the writer (which never waits on us: no cycle).
+/// Once a second: wills whose grace is over are judged, the correlator
+/// ticks (silent agents expire), the verdict book is updated for the
+/// sessions to publish, and the documents of both are handed to the writer
+/// (which never waits on us: no cycle).
 async fn run_insight(
-    insight: Arc<insight::Insight>,
+    intake: Arc<Intake>,
     writer: mpsc::Sender<Item>,
     comp: Arc<Component>,
     cancel: CancellationToken,
@@ -102,7 +103,9 @@ async fn run_insight(
             _ = cancel.cancelled() => return Ok(()),
         }
         comp.set_idle(false);
-        let docs = insight.tick(std::time::SystemTime::now());
+        let now = std::time::SystemTime::now();
+        let mut docs = intake.settle_wills(now);
+        docs.extend(intake.insight.tick(now));
         comp.progress();
         for doc in docs {
             comp.set_idle(true);
@@ -252,11 +255,12 @@ impl Indexer {
         {
             let writer = shared.writer.clone();
             let stop = writer_drain.clone();
+            let intake = intake.clone();
             supervisor.spawn(
                 "insight".into(),
                 Duration::from_secs(5),
                 writer_drain.clone(),
-                move |comp| run_insight(insight.clone(), writer.clone(), comp, stop.clone()),
+                move |comp| run_insight(intake.clone(), writer.clone(), comp, stop.clone()),
             );
         }
         let (watch_tx, _) = watch::channel(Arc::new(published_watch(&settings)));
