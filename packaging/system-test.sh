@@ -8,7 +8,8 @@
 #   2. enable --now the indexer, edit both yaml files, reload: results arrive
 #      on ping/<target>
 #   3. the agent's journal has native entries with structured fields; the
-#      STATUS= text shows in systemctl status; WATCHDOG=1 keeps coming
+#      STATUS= text shows in systemctl status; WATCHDOG=1 keeps coming; a
+#      wedged (SIGSTOPped) indexer is killed by the watchdog and restarted
 #   4. both run as swarming; CapEff 0x2000 (agent) and 0 (indexer)
 #   5. a bad edit + reload: still active, error in journal and status
 #   6. stop: Result=success, ExecMainStatus=0; reinstall (upgrade path)
@@ -402,6 +403,25 @@ else
 fi
 sh_ct "rm -r /run/systemd/system/swarming-agent.service.d && systemctl daemon-reload && systemctl restart swarming-agent"
 wait_for 20 active swarming-agent
+# A wedged indexer (stopped with SIGSTOP: it sends no WATCHDOG=1) is killed
+# by the watchdog and restarted by systemd. TimeoutAbortSec: a stopped
+# process cannot act on the watchdog's SIGABRT, so systemd follows with
+# SIGKILL after it.
+sh_ct "mkdir -p /run/systemd/system/swarming-indexer.service.d &&
+	printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\n' >/run/systemd/system/swarming-indexer.service.d/watchdog.conf &&
+	systemctl daemon-reload && systemctl restart swarming-indexer"
+wait_for 20 active swarming-indexer
+r0=$(prop swarming-indexer NRestarts); p0=$(main_pid swarming-indexer)
+sh_ct "kill -STOP $p0"
+restarted() { [ "$(prop swarming-indexer NRestarts)" -gt "${r0:-0}" ] && active swarming-indexer && [ "$(main_pid swarming-indexer)" != "$p0" ]; }
+if wait_for 40 restarted; then
+	ok "a wedged indexer (SIGSTOP) is killed by the watchdog and restarted (NRestarts $r0 -> $(prop swarming-indexer NRestarts))"
+else
+	fail "indexer restarted by the watchdog after SIGSTOP" \
+		"NRestarts=$(prop swarming-indexer NRestarts), active=$(CT_TIMEOUT=10 in_ct systemctl is-active swarming-indexer), Result=$(prop swarming-indexer Result)"
+fi
+sh_ct "rm -r /run/systemd/system/swarming-indexer.service.d && systemctl daemon-reload && systemctl restart swarming-indexer"
+wait_for 20 active swarming-indexer
 
 # ---------------------------------------------------------------- step 4
 step=4

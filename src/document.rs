@@ -286,7 +286,7 @@ pub fn rip_document(rip: &Rip, at: SystemTime, stale: bool) -> Value {
     };
     if stale {
         message = format!(
-            "stale notice of an earlier connection (since {}), ignored: {message}",
+            "stale notice (the agent is connected again, or its broker went down; connection since {}), ignored: {message}",
             rip.since.as_deref().unwrap_or("?")
         );
     }

@@ -322,7 +322,8 @@ pub struct PingResult {
     pub timestamp: String,
     /// Seconds between rounds.
     pub interval: f64,
-    /// Echo requests sent.
+    /// Echo requests sent; one that could not be sent (a local firewall,
+    /// no route) counts too, as lost (`error` says why).
     pub sent: u32,
     /// Echo replies received.
     pub received: u32,

@@ -30,6 +30,11 @@ pub const MAX_AHEAD: Duration = Duration::from_secs(3600);
 /// judged again, and found stale.
 pub const WILL_GRACE: Duration = Duration::from_secs(5);
 
+/// A will that its broker published within this time before dropping its
+/// connection with us is the broker going down (mosquitto publishes the
+/// wills of all its clients when it is stopped), not its agent's loss.
+pub const WILL_BEFORE_BROKER_DOWN: Duration = Duration::from_secs(2);
+
 /// A will waiting out [`WILL_GRACE`].
 struct PendingWill {
     rip: Rip,
@@ -65,6 +70,8 @@ pub struct Intake {
     agents: Mutex<Agents>,
     /// Wills waiting out their grace, oldest first (bounded by MAX_AGENTS).
     wills: Mutex<std::collections::VecDeque<PendingWill>>,
+    /// When each broker last dropped its connection with us.
+    broker_down: Mutex<std::collections::HashMap<Broker, SystemTime>>,
     bad_log: Throttled,
     news_log: Throttled,
     notice_log: Throttled,
@@ -90,6 +97,7 @@ impl Intake {
             stats,
             agents: Mutex::new(Agents::new(MAX_AGENTS)),
             wills: Mutex::new(std::collections::VecDeque::new()),
+            broker_down: Mutex::new(std::collections::HashMap::new()),
             bad_log: Throttled::new(Duration::from_secs(10)),
             news_log: Throttled::new(Duration::from_secs(1)),
             notice_log: Throttled::new(Duration::from_secs(1)),
@@ -255,8 +263,18 @@ impl Intake {
         self.record_notice(broker, rip, since_ms, now)
     }
 
+    /// A broker dropped its connection with us at `at` (see
+    /// [`WILL_BEFORE_BROKER_DOWN`]).
+    pub fn broker_lost(&self, broker: &Broker, at: SystemTime) {
+        self.broker_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(broker.clone(), at);
+    }
+
     /// Judges the wills whose grace is over: the agent's loss, or stale if
-    /// it connected again meanwhile. Returns their documents.
+    /// it connected again meanwhile or if their broker went down as it
+    /// published them. Returns their documents.
     pub fn settle_wills(&self, now: SystemTime) -> Vec<BulkDoc> {
         let due: Vec<PendingWill> = {
             let mut wills = self.wills.lock().unwrap_or_else(|p| p.into_inner());
@@ -269,8 +287,24 @@ impl Intake {
             }
             due
         };
+        let down = self
+            .broker_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         due.into_iter()
             .filter_map(|w| {
+                let broker_went_down = down.get(&w.broker).is_some_and(|at| {
+                    at.duration_since(w.arrived)
+                        .map_or_else(|e| e.duration() <= WILL_BEFORE_BROKER_DOWN, |_| true)
+                });
+                if broker_went_down {
+                    self.stats.stale_notices.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = self.stale_log.hit() {
+                        tracing::info!(agent = %w.rip.agent, broker = %w.broker, suppressed, "a will published by a broker going down: the agent is not lost for it");
+                    }
+                    return Some(BulkDoc::from_rip(&w.rip, w.arrived, true));
+                }
                 self.record_notice(&w.broker, w.rip, w.since_ms, w.arrived)
                     .ok()
                     .flatten()
@@ -466,5 +500,32 @@ mod tests {
             intake.snapshot()["a"].last_rip.map(|r| r.0),
             Some(RipReason::Lost)
         );
+    }
+
+    #[test]
+    fn wills_of_a_broker_going_down_are_not_losses() {
+        let intake = Intake::new(
+            Arc::new(IndexerStats::default()),
+            Default::default(),
+            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
+        );
+        let will =
+            br#"{"agent":"a","reason":"lost","instance":"i","since":"2026-12-03T10:00:00.000Z"}"#;
+        assert!(take(&intake, "rip/agent/a", will).is_none());
+        // The broker that published it drops us right after.
+        let b = Broker {
+            host: "b".into(),
+            port: 1,
+            tls: false,
+        };
+        intake.broker_lost(&b, SystemTime::now());
+        let docs = intake.settle_wills(SystemTime::now() + WILL_GRACE);
+        assert_eq!(docs.len(), 1);
+        assert!(
+            docs[0].source().contains(r#""stale":true"#),
+            "{}",
+            docs[0].source()
+        );
+        assert_eq!(intake.snapshot().get("a").and_then(|a| a.last_rip), None);
     }
 }

@@ -251,6 +251,9 @@ pub async fn run(
             }
         };
         drop(up);
+        shared
+            .intake
+            .broker_lost(&cfg.broker, std::time::SystemTime::now());
         shared.intake.swarm.broker_connected(&cfg.broker, false); // http: hook
         match end {
             Some(reason) => {

@@ -256,15 +256,19 @@ fn a_broker_outage_expires_nothing_and_gives_no_verdict() {
 fn a_silent_agent_is_lost_and_a_notice_is_final() {
     let mut c = calm();
     play(&mut c, 10, 15, fine);
-    // a4 goes quiet: the others keep reporting.
+    // a4 goes quiet: the others keep reporting. Three intervals (3 s) are
+    // not enough: silence counts from 30 s on (a broker restart delays
+    // rounds by the reconnect).
     let mut c2 = c;
-    play_as(&mut c2, 15, 20, fine, &AGENTS[..3], false);
+    play_as(&mut c2, 15, 40, fine, &AGENTS[..3], false);
+    assert_eq!(agent(&c2, "a4"), AgentState::Ok);
+    play_as(&mut c2, 40, 50, fine, &AGENTS[..3], false);
     assert_eq!(agent(&c2, "a4"), AgentState::Lost);
     assert_eq!(
         target(&c2, "t1"),
         (TargetState::Up, Cause::None, None, 0, 3)
     );
-    c2.notice("a1", Notice::Stopped, T0 + 30_000);
+    c2.notice("a1", Notice::Stopped, T0 + 60_000);
     assert_eq!(agent(&c2, "a1"), AgentState::Stopped);
     assert_eq!(target(&c2, "t1").4, 2, "a stopped agent no longer counts");
     // A will older than the agent's latest round is stale: ignored.

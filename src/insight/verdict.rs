@@ -17,7 +17,8 @@
 //! - Agent: `trouble` when more than half of the targets it shares with
 //!   peers look bad to it while most of those peers see them `up`; `lost`
 //!   after its last will or three intervals of silence; `stopped` after a
-//!   clean shutdown notice; `ok` otherwise.
+//!   clean shutdown notice; `ok` otherwise. (Silence: at least
+//!   [`SILENT_MIN_MS`], whatever the interval.)
 //! - Hysteresis: a new state is adopted only when it holds through
 //!   [`Settings::confirm_rounds`] full rounds after the round that showed
 //!   it (every reporting agent reported again, and the state still held).
@@ -42,6 +43,11 @@ use crate::protocol::{AgentState, AgentVerdict, Cause, RoundState, TargetState, 
 const OK_REASON: &str = "its view agrees with its peers'";
 /// How many intervals without a round make an agent silent.
 pub const SILENT_INTERVALS: i64 = 3;
+/// Silence shorter than this never makes an agent lost, whatever its
+/// interval, in ms: a broker restart delays an agent's rounds by its
+/// reconnect (the rounds wait in its queue), and agents of a short
+/// interval must not read as lost for it.
+pub const SILENT_MIN_MS: i64 = 30_000;
 
 /// One result, as the correlator needs it.
 #[derive(Debug, Clone, Copy)]
@@ -469,9 +475,11 @@ impl Correlator {
         match self.agents.get(agent) {
             Some(a) => {
                 a.notice.is_some()
-                    || a.last_ms
-                        .saturating_add(SILENT_INTERVALS.saturating_mul(a.interval_ms))
-                        < at_ms
+                    || a.last_ms.saturating_add(
+                        SILENT_INTERVALS
+                            .saturating_mul(a.interval_ms)
+                            .max(SILENT_MIN_MS),
+                    ) < at_ms
             }
             None => true,
         }
@@ -640,7 +648,7 @@ impl Correlator {
             (
                 AgentState::Lost,
                 since,
-                format!("no result for {SILENT_INTERVALS} intervals"),
+                format!("no result for {SILENT_INTERVALS} intervals (and at least 30 s)"),
             )
         } else {
             let AgentView {

@@ -654,8 +654,11 @@ impl Schedule {
         };
         if let Some(r) = e.round.as_mut() {
             r.attempted += 1;
+            // An echo that could not be sent (a local firewall, no route)
+            // counts as sent and lost: the round must not read as fine
+            // when this host cannot reach the target. `error` says why.
+            r.sent += 1;
             if ok {
-                r.sent += 1;
                 r.pending += 1;
             }
         }
@@ -797,6 +800,8 @@ mod tests {
         resolves: Vec<(Target, Key)>,
         /// Replies come back after this; `None`: nothing answers.
         rtt: Option<Duration>,
+        /// Sends fail (EPERM, as from a local firewall).
+        refuse: bool,
         replies: VecDeque<(Instant, IpAddr, u16)>,
         now: Option<Instant>,
     }
@@ -804,6 +809,9 @@ mod tests {
     impl Io for Fake {
         fn send(&mut self, addr: IpAddr, seq: u16) -> std::io::Result<Instant> {
             let now = self.now.expect("time set");
+            if self.refuse {
+                return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+            }
             self.sends.push((now, addr, seq));
             if let Some(rtt) = self.rtt {
                 self.replies.push_back((now + rtt, addr, seq));
@@ -973,6 +981,33 @@ mod tests {
         }
         assert_regular(&io, 20, 10_000, 5);
         assert_eq!(s.counters.skipped, 0);
+    }
+
+    #[test]
+    fn echoes_that_cannot_be_sent_count_as_lost() {
+        let ping = settings(10, 3, 1000);
+        let (t0, mut s, mut io) = start(plan(ping, 100.0), &targets(1), Some(5));
+        io.refuse = true;
+        drive(
+            &mut s,
+            &mut io,
+            t0,
+            t0,
+            t0 + Duration::from_secs(15),
+            &|_| 0,
+        );
+        let r = io.results.first().expect("a round");
+        assert_eq!(r.sent, 3, "attempted echoes count as sent");
+        assert_eq!(r.rtts, vec![None, None, None], "and as lost");
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("send failed")),
+            "{:?}",
+            r.error
+        );
+        assert_eq!(s.counters.sent, 0, "the kernel sent nothing");
+        assert!(s.counters.send_errors >= 3);
     }
 
     #[test]
