@@ -246,9 +246,21 @@ def observe(a):
         return g
 
     def rounds(upto=None):
+        """(rounds of the fault, fewest rounds of any member): the first is
+        the most post-fault rounds published by an agent that saw the fault
+        (for a target, agents with a bad round of it; for an agent, its
+        targets), up to `upto`. Peers that see the target fine do not count:
+        their rounds neither show nor confirm the fault."""
         g = groups(upto)
         counts = [len(v) for v in g.values()]
-        return (max(counts) if counts else 0), (min(counts) if counts else 0)
+        if not counts:
+            return 0, 0
+        if kind == "target":
+            hit = {k for k, v in groups().items() if any(round_state(r) != "up" for r in v)}
+            faulted = [len(v) for k, v in g.items() if k in hit]
+            if faulted:
+                return max(faulted), min(counts)
+        return max(counts), min(counts)
 
     def permitted(topic, p):
         # An agent's dead uplink makes every target look bad to that agent
@@ -259,7 +271,7 @@ def observe(a):
     prev = {}
     first = None  # (arrival, label, rounds)
     later = []  # further changes on the subject after the first
-    false = []  # (arrival, topic, label)
+    false = []  # (arrival, topic, label, an agent verdict's reason)
     seen_v = 0
     timed_out = False
     while True:
@@ -276,7 +288,8 @@ def observe(a):
                 elif first is not None:
                     later.append((arrival, text))
             elif not healthy and not permitted(topic, p):
-                false.append((arrival, topic, text))
+                why = p.get("reason") if isinstance(p, dict) and topic.startswith("verdict/agent/") else None
+                false.append((arrival, topic, text, why))
         seen_v = len(feed.verdicts)
         _, least = rounds()
         if kind == "none" or not a.verdicts:
@@ -300,10 +313,10 @@ def observe(a):
         peers = [r for r in feed.results if r.ts >= t0 and r.agent != a.subject]
         seen = "%s: %s; peers: %s" % (a.subject, summarize(own), summarize(peers))
     else:
-        per = collections.Counter()
+        per = {}
         for (ag, _), v in g.items():
-            per[ag] += len(v)
-        seen = "rounds after the restart: " + ", ".join("%s %d" % (ag, per[ag]) for ag in agents)
+            per[ag] = min(per.get(ag, len(v)), len(v))
+        seen = "rounds after the restart (each target): " + ", ".join("%s %d" % (ag, per.get(ag, 0)) for ag in agents)
     notes = []
     if timed_out:
         notes.append("timed out after %.0f s" % a.timeout)
@@ -330,9 +343,11 @@ def observe(a):
         "rounds": rnd,
         "seconds": secs,
         "right": right,
-        "false": ["%s %s (+%.1f s)" % (t, x, arr - t0) for arr, t, x in false[:6]],
+        "false": ["%s %s (+%.1f s%s)" % (t, x, arr - t0, ", " + why if why else "")
+                  for arr, t, x, why in false[:6]],
         "seen": seen,
         "notes": notes,
+        "t0": t0,
     }
     print(json.dumps(out), flush=True)
     return 0

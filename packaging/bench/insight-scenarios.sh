@@ -30,8 +30,9 @@
 # every verdict healthy, inject, then follow `verdict/#` (mosquitto_sub)
 # until the subject's first verdict. A scenario is right when that verdict
 # is the expected one, came within 2 rounds of the fault (rounds: the most
-# post-fault rounds any agent had published of the subject when it came)
-# and no other verdict went bad meanwhile. Prints a table, a confusion
+# post-fault rounds of the subject published by an agent that sees the
+# fault when the verdict came: 1 shows it, 1 confirms it) and no other
+# verdict went bad meanwhile. Prints a table, a confusion
 # matrix, the accuracy, and a last line `SUMMARY right=N total=M`.
 # Exit status 0 whatever the verdicts (the caller judges); non-zero only
 # when the harness itself could not run (77: not root or a tool missing).
