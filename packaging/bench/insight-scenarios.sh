@@ -3,7 +3,8 @@
 # publishes about them (issue 11). Run as root:
 #
 #   sudo packaging/bench/insight-scenarios.sh [--scenarios down,uplink,...]
-#        [--repeat N] [--interval SECONDS] [--bin DIR] [--keep]
+#        [--repeat N] [--interval SECONDS] [--broker-down SECONDS]
+#        [--bin DIR] [--keep]
 #
 # Everything runs in a private network namespace: one mosquitto, one
 # swarming-indexer (file output), four agents (a1 a2 with label provider
@@ -23,7 +24,8 @@
 #             -> target down, cause provider, provider p1
 #   lossy     50 % of the echoes to 10.9.0.3 lost -> target lossy, cause target
 #   slow      10.9.0.5 answers after 300 ms       -> target slow, cause target
-#   broker    mosquitto stopped for 4 s, restarted (no persistence)
+#   broker    mosquitto stopped for 4 s (--broker-down), restarted (no
+#             persistence)
 #             -> no verdict changes: everything stays up / ok
 #
 # For each: clear the faults, wait until every agent's rounds are up and
@@ -46,6 +48,7 @@ ALL=(down uplink provider lossy slow broker)
 scenarios=("${ALL[@]}")
 repeat=1
 interval=2
+broker_down=4
 bin=
 keep=
 while [ $# -gt 0 ]; do
@@ -54,6 +57,7 @@ while [ $# -gt 0 ]; do
         --scenarios=*) IFS=, read -r -a scenarios <<<"${1#*=}"; shift ;;
         --repeat) repeat=${2:?}; shift 2 ;;
         --interval) interval=${2:?}; shift 2 ;;
+        --broker-down) broker_down=${2:?}; shift 2 ;;
         --bin) bin=${2:?}; shift 2 ;;
         --bin=*) bin=${1#*=}; shift ;;
         --keep) keep=1; shift ;;
@@ -66,6 +70,7 @@ for s in "${scenarios[@]}"; do
 done
 [[ $repeat =~ ^[1-9][0-9]*$ ]] || { echo "--repeat: a positive number" >&2; exit 2; }
 [[ $interval =~ ^[1-9][0-9]*$ ]] || { echo "--interval: whole seconds" >&2; exit 2; }
+[[ $broker_down =~ ^[0-9]+$ ]] || { echo "--broker-down: whole seconds" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespace, nftables, agents under other uids)" >&2; exit 77; }
 for tool in mosquitto mosquitto_sub mosquitto_pub nft python3 setpriv unshare ip; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 77; }
@@ -86,7 +91,7 @@ done
 
 if [ -z "${SWARMING_SCENARIOS_IN_NETNS:-}" ]; then
     sc=$(IFS=,; echo "${scenarios[*]}")
-    args=(--scenarios "$sc" --repeat "$repeat" --interval "$interval" --bin "$bin")
+    args=(--scenarios "$sc" --repeat "$repeat" --interval "$interval" --broker-down "$broker_down" --bin "$bin")
     [ -z "$keep" ] || args+=(--keep)
     exec env SWARMING_SCENARIOS_IN_NETNS=1 unshare --net -- bash "$0" "${args[@]}"
 fi
@@ -104,7 +109,6 @@ A_UPLINK=a4
 P1_AGENTS=(a1 a2)
 LOSS=50        # % of the echoes to the lossy target dropped
 SLOW_MS=300    # the slow target's delay
-BROKER_DOWN=4  # seconds the broker stays down
 COUNT=10       # echoes per round: enough for the loss to show in every round
 timeout=1s
 [ "$interval" -ge 2 ] || timeout=500ms
@@ -286,10 +290,10 @@ for ((i = 1; i <= repeat; i++)); do
         after=()
         if [ "$s" = broker ]; then
             t0=$(now)
-            log "$s: stopping the broker for ${BROKER_DOWN}s"
+            log "$s: stopping the broker for ${broker_down}s"
             kill "${PID[broker]}"
             wait "${PID[broker]}" 2>/dev/null || true
-            sleep "$BROKER_DOWN" # the outage itself, not a wait for something
+            sleep "$broker_down" # the outage itself, not a wait for something
             start_broker
             after=(--after "$(now)")
             max_rounds=3
