@@ -397,6 +397,14 @@ mod tests {
         humantime::format_rfc3339_millis(SystemTime::now()).to_string()
     }
 
+    fn new_intake() -> Intake {
+        Intake::new(
+            Arc::new(IndexerStats::default()),
+            Default::default(),
+            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
+        )
+    }
+
     fn take(intake: &Intake, topic: &str, p: &[u8]) -> Option<BulkDoc> {
         let broker = Broker {
             host: "b".into(),
@@ -408,11 +416,7 @@ mod tests {
 
     #[test]
     fn hostile_results_are_counted_skips() {
-        let intake = Intake::new(
-            Arc::new(IndexerStats::default()),
-            Default::default(),
-            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
-        );
+        let intake = new_intake();
         let now = now_text();
         for bad in [
             payload("", &now, 1, 1),
@@ -448,11 +452,7 @@ mod tests {
 
     #[test]
     fn notices_with_bad_names_are_skipped() {
-        let intake = Intake::new(
-            Arc::new(IndexerStats::default()),
-            Default::default(),
-            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
-        );
+        let intake = new_intake();
         assert!(take(&intake, "rip/agent/x", br#"{"agent":"","reason":"lost"}"#).is_none());
         assert!(take(
             &intake,
@@ -464,11 +464,7 @@ mod tests {
 
     #[test]
     fn a_will_counts_after_its_grace_unless_the_agent_connected_again() {
-        let intake = Intake::new(
-            Arc::new(IndexerStats::default()),
-            Default::default(),
-            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
-        );
+        let intake = new_intake();
         let presence = |reason: &str, since: &str| {
             format!(r#"{{"agent":"a","reason":"{reason}","instance":"i","since":"{since}"}}"#)
         };
@@ -504,11 +500,7 @@ mod tests {
 
     #[test]
     fn wills_of_a_broker_going_down_are_not_losses() {
-        let intake = Intake::new(
-            Arc::new(IndexerStats::default()),
-            Default::default(),
-            Arc::new(super::super::insight::Insight::new(Default::default(), &[])),
-        );
+        let intake = new_intake();
         let will =
             br#"{"agent":"a","reason":"lost","instance":"i","since":"2026-12-03T10:00:00.000Z"}"#;
         assert!(take(&intake, "rip/agent/a", will).is_none());
