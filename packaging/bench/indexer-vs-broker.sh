@@ -129,6 +129,8 @@ for mode in unpaced 10000 20000; do
     cat > "$work/indexer.yaml" <<YAML
 name: bench$run
 brokers: ["127.0.0.1:$port"]
+# Listed, so every result is also judged and correlated (insight).
+targets: ["127.0.0.1"]
 state_dir: $work/state
 elasticsearch: {url: "http://127.0.0.1:$esport", flush_interval: 200ms}
 log: {level: warn}
