@@ -397,6 +397,31 @@ fn keepalive(file: &Path, key: &str, d: Duration) -> Result<Duration, ConfigErro
 
 /// `tls`, `username` and `password_file`, loaded (files read, key and
 /// certificate checked against each other).
+/// [`client_auth`] for an indexer: its client certificate must carry the
+/// CN the brokers' ACL gives an indexer's rights to (an agent's would
+/// connect, then see no results and be refused `watch`).
+fn indexer_auth(
+    file: &Path,
+    tls: Option<RawTls>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<ClientAuth, ConfigError> {
+    let auth = client_auth(file, tls, username, password_file)?;
+    if let Some(cn) = auth.tls.as_ref().and_then(|t| t.cn.as_deref()) {
+        if cn != crate::tls::INDEXER_CN {
+            return Err(ConfigError::invalid(
+                file,
+                "tls.cert",
+                format!(
+                    "the client certificate's CN is {cn:?}; an indexer's must be {:?}, the name the brokers' ACL gives an indexer's rights to (`swarming-certs indexer` makes one)",
+                    crate::tls::INDEXER_CN
+                ),
+            ));
+        }
+    }
+    Ok(auth)
+}
+
 fn client_auth(
     file: &Path,
     tls: Option<RawTls>,
@@ -1201,7 +1226,7 @@ impl IndexerSettings {
             spool_max_bytes: raw.spool_max_bytes,
             http: parse_listen(file, "http.listen", &raw.http.listen)?,
             log: raw.log,
-            auth: client_auth(file, raw.tls, raw.username, raw.password_file)?,
+            auth: indexer_auth(file, raw.tls, raw.username, raw.password_file)?,
             watch_key: raw
                 .watch_key
                 .map(|k| SigningKey::load(&k).map(std::sync::Arc::new))

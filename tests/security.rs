@@ -658,6 +658,27 @@ async fn identity_errors_are_configuration_errors() {
     let (s, out) = check("deny: [10.0.0.0/8, nonsense]\n".into()).await;
     assert_eq!(s.code(), Some(78), "{out}");
     assert!(out.contains(": deny[1]: "), "{out}");
+    // An indexer may not present an agent's certificate.
+    let idx_cfg = dir.path().join("indexer.yaml");
+    std::fs::write(
+        &idx_cfg,
+        format!(
+            "brokers: [\"mqtts://127.0.0.1\"]\nstate_dir: {}\nfile: {{path: {}/r.ndjson}}\ntls: {{ca: {c}/ca.pem, cert: {c}/agent-probe-1.pem, key: {c}/agent-probe-1.key}}\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (s, out) = run(
+        INDEXER,
+        &["--check-config", "-c", idx_cfg.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(s.code(), Some(78), "{out}");
+    assert!(
+        out.contains(": tls.cert: ") && out.contains("probe-1") && out.contains("swarming-indexer"),
+        "{out}"
+    );
 }
 
 #[test]

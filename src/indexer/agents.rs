@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
+use crate::config::Broker;
 use crate::protocol::{Rip, RipReason};
 
 /// Agents remembered at most.
@@ -22,7 +23,7 @@ pub struct AgentSeen {
     /// The newest connection of the agent known from its notices.
     pub session: Option<Session>,
     /// The broker its latest result came through.
-    pub result_broker: Option<String>,
+    pub result_broker: Option<Broker>,
 }
 
 /// One connection of an agent, from its notices (contract v2).
@@ -66,7 +67,13 @@ impl AgentSeen {
 
     /// Judges a notice of this agent from `broker` whose connection started
     /// at `since_ms` (None for v1 agents).
-    fn judge(&self, rip: &Rip, since_ms: Option<i64>, broker: &str, now: SystemTime) -> NoticeKind {
+    fn judge(
+        &self,
+        rip: &Rip,
+        since_ms: Option<i64>,
+        broker: &Broker,
+        now: SystemTime,
+    ) -> NoticeKind {
         if let (Some(s), Some(cur)) = (since_ms, &self.session) {
             if s < cur.since_ms {
                 return NoticeKind::Stale;
@@ -80,7 +87,7 @@ impl AgentSeen {
         }
         // A will from a broker the agent has left: its results come through
         // another broker now.
-        let moved_on = self.result_broker.as_deref().is_some_and(|b| b != broker);
+        let moved_on = self.result_broker.as_ref().is_some_and(|b| b != broker);
         if rip.reason == RipReason::Lost && moved_on && self.alive(now) {
             return NoticeKind::Stale;
         }
@@ -165,13 +172,19 @@ impl Agents {
     }
 
     /// Records a result of `name` received through `broker` at `now`.
-    pub fn result(&mut self, name: &str, interval: f64, broker: &str, now: SystemTime) -> Touched {
+    pub fn result(
+        &mut self,
+        name: &str,
+        interval: f64,
+        broker: &Broker,
+        now: SystemTime,
+    ) -> Touched {
         self.touch(name, |seen| {
             let resumed = seen.resuming();
             seen.last_result = Some(now);
             seen.interval = interval;
-            if seen.result_broker.as_deref() != Some(broker) {
-                seen.result_broker = Some(broker.to_owned());
+            if seen.result_broker.as_ref() != Some(broker) {
+                seen.result_broker = Some(broker.clone());
             }
             resumed
         })
@@ -182,7 +195,7 @@ impl Agents {
         &self,
         rip: &Rip,
         since_ms: Option<i64>,
-        broker: &str,
+        broker: &Broker,
         now: SystemTime,
     ) -> NoticeKind {
         match self.map.get(&rip.agent) {
@@ -197,7 +210,7 @@ impl Agents {
         &mut self,
         rip: &Rip,
         since_ms: Option<i64>,
-        broker: &str,
+        broker: &Broker,
         now: SystemTime,
     ) -> (Touched, NoticeKind) {
         let mut kind = NoticeKind::Current;
@@ -259,6 +272,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn b(name: &str) -> Broker {
+        name.parse().unwrap()
+    }
+
     #[test]
     fn alive_means_a_recent_result_and_no_notice_since() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -287,19 +304,19 @@ mod tests {
         let now = SystemTime::now();
         let mut agents = Agents::new(3);
         for name in ["a", "b", "c"] {
-            let t = agents.result(name, 60.0, "b", now);
+            let t = agents.result(name, 60.0, &b("b"), now);
             assert!(t.resumed && !t.evicted);
         }
         // `a` speaks again, so `b` is now the least recent.
-        assert!(!agents.result("a", 60.0, "b", now).resumed);
-        let t = agents.result("d", 60.0, "b", now);
+        assert!(!agents.result("a", 60.0, &b("b"), now).resumed);
+        let t = agents.result("d", 60.0, &b("b"), now);
         assert!(t.evicted);
         assert_eq!(agents.len(), 3);
         let names: Vec<String> = agents.snapshot().into_keys().collect();
         assert_eq!(names, ["a", "c", "d"]);
         // 50,000 spoofed names cost no more than the bound.
         for i in 0..50_000 {
-            agents.result(&format!("spoof{i}"), 60.0, "b", now);
+            agents.result(&format!("spoof{i}"), 60.0, &b("b"), now);
         }
         assert_eq!(agents.len(), 3);
     }
@@ -308,16 +325,16 @@ mod tests {
     fn a_notice_then_a_result_is_a_resumption() {
         let now = SystemTime::now();
         let mut agents = Agents::new(10);
-        agents.result("a", 60.0, "b", now);
+        agents.result("a", 60.0, &b("b"), now);
         let shut = Rip {
             agent: "a".into(),
             reason: RipReason::Shutdown,
             ..Rip::default()
         };
-        agents.notice(&shut, None, "b", now + Duration::from_secs(1));
+        agents.notice(&shut, None, &b("b"), now + Duration::from_secs(1));
         assert!(
             agents
-                .result("a", 60.0, "b", now + Duration::from_secs(2))
+                .result("a", 60.0, &b("b"), now + Duration::from_secs(2))
                 .resumed
         );
     }
@@ -338,7 +355,7 @@ mod tests {
         let now = SystemTime::now();
         let mut agents = Agents::new(10);
         let kind = |agents: &mut Agents, (r, s): (Rip, Option<i64>), broker: &str| {
-            agents.notice(&r, s, broker, now).1
+            agents.notice(&r, s, &b(broker), now).1
         };
         // Connected to A at 1000, then to B at 2000 (A froze).
         assert_eq!(
@@ -378,13 +395,19 @@ mod tests {
     fn a_v1_will_from_a_broker_the_agent_left_is_stale() {
         let now = SystemTime::now();
         let mut agents = Agents::new(10);
-        agents.result("a", 60.0, "B", now);
+        agents.result("a", 60.0, &b("B"), now);
         let will = Rip {
             agent: "a".into(),
             reason: RipReason::Lost,
             ..Rip::default()
         };
-        assert_eq!(agents.notice(&will, None, "A", now).1, NoticeKind::Stale);
-        assert_eq!(agents.notice(&will, None, "B", now).1, NoticeKind::Current);
+        assert_eq!(
+            agents.notice(&will, None, &b("A"), now).1,
+            NoticeKind::Stale
+        );
+        assert_eq!(
+            agents.notice(&will, None, &b("B"), now).1,
+            NoticeKind::Current
+        );
     }
 }

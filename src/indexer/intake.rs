@@ -192,9 +192,7 @@ impl Intake {
         let judged = self.insight.observe(&r, at);
         let doc = BulkDoc::from_judged_result(&r, &self.shaper, judged.as_ref())?;
         self.swarm.record_result(&r, broker, now); // http: hook
-        let touched = self
-            .agents()
-            .result(&r.agent, r.interval, &broker.to_string(), now);
+        let touched = self.agents().result(&r.agent, r.interval, broker, now);
         if touched.evicted {
             self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
         }
@@ -237,9 +235,8 @@ impl Intake {
                 return Err(Refusal::FieldTooLong(field));
             }
         }
-        let source = broker.to_string();
         if rip.reason == RipReason::Lost
-            && self.agents().judge_notice(&rip, since_ms, &source, now) == NoticeKind::Current
+            && self.agents().judge_notice(&rip, since_ms, broker, now) == NoticeKind::Current
         {
             let mut wills = self.wills.lock().unwrap_or_else(|p| p.into_inner());
             let known = wills.iter().any(|w| {
@@ -295,8 +292,10 @@ impl Intake {
         due.into_iter()
             .filter_map(|w| {
                 let broker_went_down = down.get(&w.broker).is_some_and(|at| {
-                    at.duration_since(w.arrived)
-                        .map_or_else(|e| e.duration() <= WILL_BEFORE_BROKER_DOWN, |_| true)
+                    at.duration_since(w.arrived).map_or_else(
+                        |before| before.duration() <= WILL_BEFORE_BROKER_DOWN,
+                        |after| after <= WILL_GRACE,
+                    )
                 });
                 if broker_went_down {
                     self.stats.stale_notices.fetch_add(1, Ordering::Relaxed);
@@ -320,8 +319,7 @@ impl Intake {
         since_ms: Option<i64>,
         now: SystemTime,
     ) -> Result<Option<BulkDoc>, Refusal> {
-        let source = broker.to_string();
-        let (touched, kind) = self.agents().notice(&rip, since_ms, &source, now);
+        let (touched, kind) = self.agents().notice(&rip, since_ms, broker, now);
         if touched.evicted {
             self.stats.agents_evicted.fetch_add(1, Ordering::Relaxed);
         }
