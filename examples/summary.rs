@@ -86,12 +86,15 @@ fn cells(v: &Value) -> String {
 }
 
 /// The indexers' verdicts that are not healthy: `verdicts: 127.0.0.3
-/// down (target), lyon trouble`, or `verdicts: all up/ok`.
+/// down (target), lyon trouble`, or `verdicts: all up/ok` (targets not
+/// judged yet are counted, not listed).
 fn verdicts(v: &Value) -> String {
     let list = |key: &str| v["verdicts"][key].as_array().cloned().unwrap_or_default();
-    let mut bad: Vec<String> = list("targets")
+    let targets = list("targets");
+    let unknown = targets.iter().filter(|t| t["state"] == "unknown").count();
+    let mut bad: Vec<String> = targets
         .iter()
-        .filter(|t| t["state"] != "up")
+        .filter(|t| t["state"] != "up" && t["state"] != "unknown")
         .map(|t| {
             let cause = match t["cause"].as_str() {
                 Some("provider") => format!("provider {}", t["provider"].as_str().unwrap_or("?")),
@@ -118,6 +121,9 @@ fn verdicts(v: &Value) -> String {
                 )
             }),
     );
+    if unknown > 0 {
+        bad.insert(0, format!("{unknown} targets not judged yet"));
+    }
     if bad.is_empty() {
         "verdicts: all up/ok".into()
     } else {

@@ -376,8 +376,12 @@ fn take_verdict(cfg: &LinkConfig, h: &LinkHandles, payload: &[u8]) {
         h.verdict.send_replace(None);
         return;
     }
+    if payload.len() > protocol::MAX_RESULT_BYTES {
+        tracing::debug!(bytes = payload.len(), "oversized verdict on our verdict topic: ignored");
+        return;
+    }
     let v = match serde_json::from_slice::<protocol::AgentVerdict>(payload) {
-        Ok(v) if v.agent == cfg.name && payload.len() <= protocol::MAX_RESULT_BYTES => v,
+        Ok(v) if v.agent == cfg.name => v,
         _ => {
             tracing::debug!("unreadable verdict on our verdict topic: ignored");
             return;

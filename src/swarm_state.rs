@@ -332,7 +332,6 @@ impl SwarmState {
         });
     }
 
-    /// An agent's notice (`lost` or `shutdown`).
     /// Records a notice that is news (not stale): `online` presence
     /// carries the list version the agent applied; `lost` and `shutdown`
     /// mark it gone until its next result.
