@@ -377,7 +377,10 @@ fn take_verdict(cfg: &LinkConfig, h: &LinkHandles, payload: &[u8]) {
         return;
     }
     if payload.len() > protocol::MAX_RESULT_BYTES {
-        tracing::debug!(bytes = payload.len(), "oversized verdict on our verdict topic: ignored");
+        tracing::debug!(
+            bytes = payload.len(),
+            "oversized verdict on our verdict topic: ignored"
+        );
         return;
     }
     let v = match serde_json::from_slice::<protocol::AgentVerdict>(payload) {

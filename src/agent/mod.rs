@@ -167,8 +167,8 @@ impl Scheduler {
 }
 
 /// Parses a `watch` payload and applies it; malformed ones are counted,
-/// logged and ignored (the previous list stays). True when applied.
-/// Applies a `watch` payload; `Some(version)` when it was applied.
+/// logged and ignored (the previous list stays). `Some(version)` when
+/// applied (the list's `version`, if it has one).
 pub fn handle_watch(
     payload: &[u8],
     scheduler: &mut Scheduler,
