@@ -323,43 +323,32 @@ struct ClashWatch {
     reported: std::collections::HashSet<String>,
 }
 
-/// What to do about a notice on our own topic.
-#[derive(Debug, PartialEq, Eq)]
-enum ClashSeen {
-    Nothing,
-    /// A clash: report it, and publish our presence again so that the
-    /// other agent sees ours live too (once per foreign instance, so two
-    /// agents answer each other once and stop).
-    Clash(String),
-}
-
 impl ClashWatch {
     /// A notice on our own rip topic; `retained` when it is the stored
-    /// copy delivered on subscribing.
-    fn notice(&mut self, cfg: &LinkConfig, payload: &[u8], retained: bool) -> ClashSeen {
+    /// copy delivered on subscribing. `Some(description)` on a clash: the
+    /// caller reports it and publishes our presence again, so that the
+    /// other agent sees ours live too (once per foreign instance, so two
+    /// agents answer each other once and stop).
+    fn notice(&mut self, cfg: &LinkConfig, payload: &[u8], retained: bool) -> Option<String> {
         if payload.len() > protocol::MAX_RESULT_BYTES {
-            return ClashSeen::Nothing;
+            return None;
         }
-        let Ok(n) = serde_json::from_slice::<Rip>(payload) else {
-            return ClashSeen::Nothing;
-        };
-        let Some(other) = n.instance else {
-            return ClashSeen::Nothing;
-        };
+        let n = serde_json::from_slice::<Rip>(payload).ok()?;
+        let other = n.instance?;
         if other == cfg.instance {
-            return ClashSeen::Nothing;
+            return None;
         }
         if retained || n.reason != RipReason::Online {
             tracing::info!(agent = %cfg.name, other_instance = %other, reason = n.reason.as_str(), "a notice of another instance of this agent name: an earlier run");
-            return ClashSeen::Nothing;
+            return None;
         }
         if self.reported.len() >= MAX_FOREIGN {
             self.reported.clear();
         }
         if !self.reported.insert(other.clone()) {
-            return ClashSeen::Nothing;
+            return None;
         }
-        ClashSeen::Clash(format!(
+        Some(format!(
             "another agent named {:?} (instance {other}, ours {}) connected to {} just now: its presence reached us on {}",
             cfg.name,
             cfg.instance,
@@ -658,7 +647,7 @@ async fn agent_session(
                 h.heartbeat.fetch_add(1, Ordering::Relaxed);
                 match ev {
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == rip_topic => {
-                        if let ClashSeen::Clash(what) = clash.notice(cfg, &p.payload, p.retain) {
+                        if let Some(what) = clash.notice(cfg, &p.payload, p.retain) {
                             report_clash(h, what);
                             announce += 1;
                         }
@@ -751,22 +740,20 @@ mod tests {
         let ours = br#"{"agent":"twin","reason":"online","instance":"aaaa"}"#;
         let their_will = br#"{"agent":"twin","reason":"lost","instance":"bbbb"}"#;
         let theirs = br#"{"agent":"twin","reason":"online","instance":"bbbb","broker":"b:1883"}"#;
-        assert_eq!(w.notice(&cfg, ours, false), ClashSeen::Nothing);
-        assert_eq!(w.notice(&cfg, b"garbage", false), ClashSeen::Nothing);
+        assert_eq!(w.notice(&cfg, ours, false), None);
+        assert_eq!(w.notice(&cfg, b"garbage", false), None);
         // An earlier run's will, even live, and its retained presence are
         // history, not a clash.
-        assert_eq!(w.notice(&cfg, their_will, false), ClashSeen::Nothing);
-        assert_eq!(w.notice(&cfg, theirs, true), ClashSeen::Nothing);
+        assert_eq!(w.notice(&cfg, their_will, false), None);
+        assert_eq!(w.notice(&cfg, theirs, true), None);
         // Another process of our name connecting now is.
-        let ClashSeen::Clash(what) = w.notice(&cfg, theirs, false) else {
-            panic!("no clash")
-        };
+        let what = w.notice(&cfg, theirs, false).expect("a clash");
         assert!(
             what.contains("bbbb") && what.contains("twin") && what.contains("b:1883"),
             "{what}"
         );
         // Told once per instance: two agents answer each other once, then stop.
-        assert_eq!(w.notice(&cfg, theirs, false), ClashSeen::Nothing);
+        assert_eq!(w.notice(&cfg, theirs, false), None);
     }
 
     #[test]

@@ -395,8 +395,19 @@ fn signed(key: &SigningKey, targets: &[&str], sequence: u64) -> Vec<u8> {
     watch_sign::sign(list.to_string().as_bytes(), key, sequence).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_old_signed_list_replayed_after_a_restart_is_refused() {
+/// An agent trusting a fresh key (`good.key` in `dir`), on an open broker
+/// holding `target` as a list signed with it at `sequence`: running, its
+/// first result of that list received.
+struct SignedAgent {
+    broker: Mosquitto,
+    dir: tempfile::TempDir,
+    good: SigningKey,
+    cfg: PathBuf,
+    sub: Collector,
+    agent: Daemon,
+}
+
+async fn signed_agent(name: &str, target: &str, sequence: u64) -> SignedAgent {
     let broker = Mosquitto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let public = watch_sign::generate(&dir.path().join("good.key")).unwrap();
@@ -404,20 +415,40 @@ async fn an_old_signed_list_replayed_after_a_restart_is_refused() {
     let cfg = agent_config(
         dir.path(),
         &format!("\"{}\"", broker.addr()),
-        &format!("name: probe-r\nwatch_keys: [\"{public}\"]\n"),
+        &format!("name: {name}\nwatch_keys: [\"{public}\"]\n"),
     );
     let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
     publish(
         broker.port,
         "watch",
-        &signed(&good, &["127.0.0.2"], 20),
+        &signed(&good, &[target], sequence),
         true,
     )
     .await;
-    let mut agent = Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[]);
-    sub.next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.2")
+    let agent = Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[]);
+    sub.next_matching(10 * SEC, |m| m.topic == format!("ping/{target}"))
         .await
         .expect("signed list applied");
+    SignedAgent {
+        broker,
+        dir,
+        good,
+        cfg,
+        sub,
+        agent,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_signed_list_replayed_after_a_restart_is_refused() {
+    let SignedAgent {
+        broker,
+        dir: _dir,
+        good,
+        cfg,
+        mut sub,
+        mut agent,
+    } = signed_agent("probe-r", "127.0.0.2", 20).await;
     agent.signal("TERM");
     assert!(agent.wait(10 * SEC).await.success());
     // While the agent is down, an old list signed by the same key is put
@@ -455,29 +486,16 @@ async fn an_old_signed_list_replayed_after_a_restart_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_lists_apply_and_forged_unsigned_replayed_ones_do_not() {
     // Signing works on an open broker too.
-    let broker = Mosquitto::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let public = watch_sign::generate(&dir.path().join("good.key")).unwrap();
+    let SignedAgent {
+        broker,
+        dir,
+        good,
+        cfg: _,
+        mut sub,
+        mut agent,
+    } = signed_agent("probe-s", "127.0.0.1", 10).await;
     watch_sign::generate(&dir.path().join("evil.key")).unwrap();
-    let good = SigningKey::load(&dir.path().join("good.key")).unwrap();
     let evil = SigningKey::load(&dir.path().join("evil.key")).unwrap();
-    let cfg = agent_config(
-        dir.path(),
-        &format!("\"{}\"", broker.addr()),
-        &format!("name: probe-s\nwatch_keys: [\"{public}\"]\n"),
-    );
-    let mut sub = Collector::new(&[broker.port], &["ping/#"]).await;
-    publish(
-        broker.port,
-        "watch",
-        &signed(&good, &["127.0.0.1"], 10),
-        true,
-    )
-    .await;
-    let mut agent = Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[]);
-    sub.next_matching(10 * SEC, |m| m.topic == "ping/127.0.0.1")
-        .await
-        .expect("signed list applied");
     publish(
         broker.port,
         "watch",

@@ -178,11 +178,9 @@ pub fn handle_watch(
         let mut v = scheduler.verifier.lock().unwrap_or_else(|p| p.into_inner());
         let before = v.running();
         let verified = v.check(payload);
-        match v.running() {
-            Some((seq, digest)) if verified.is_ok() && v.running() != before => {
-                watch_state::save(scheduler.sequence_file.clone(), seq, digest);
-            }
-            _ => {}
+        let after = v.running();
+        if let (true, Some((seq, digest))) = (after != before, after) {
+            watch_state::save(scheduler.sequence_file.clone(), seq, digest);
         }
         verified
     };
@@ -624,26 +622,28 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
     } else {
         String::new()
     };
-    let mut clash = match &*v.clash.borrow() {
+    // What an operator must see first: a name clash, a stopped loop, the
+    // indexers' trouble verdict, the agent's own "probably me".
+    let mut alerts = match &*v.clash.borrow() {
         Some(c) => format!("NAME CLASH: {c}; "),
         None => String::new(),
     };
     if e.ended.load(Ordering::Relaxed) {
-        clash.insert_str(0, "ICMP LOOP STOPPED; ");
+        alerts.insert_str(0, "ICMP LOOP STOPPED; ");
     }
     if let Some(v) = &*v.verdict.borrow() {
         if v.state == protocol::AgentState::Trouble {
-            clash.push_str(&format!(
+            alerts.push_str(&format!(
                 "TROUBLE (indexers' verdict since {}: {}); ",
                 v.since, v.reason
             ));
         }
     }
     if let Some(f) = v.self_check.flagged() {
-        clash.push_str(&format!("PROBABLY ME: {f}; "));
+        alerts.push_str(&format!("PROBABLY ME: {f}; "));
     }
     format!(
-        "{clash}{link}; {mode}; {} targets every {}s{stretched}; {} rounds, {} slots skipped; last period {}/{} echoes answered; {} queued, {} dropped; {} refused by rules, {} watch lists refused",
+        "{alerts}{link}; {mode}; {} targets every {}s{stretched}; {} rounds, {} slots skipped; last period {}/{} echoes answered; {} queued, {} dropped; {} refused by rules, {} watch lists refused",
         *v.targets.borrow(),
         interval_ms as f64 / 1000.0,
         e.rounds.load(Ordering::Relaxed),

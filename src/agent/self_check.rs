@@ -51,14 +51,18 @@ impl SelfCheck {
     pub fn round(&self, target: &str, slot_ms: i64, interval_ms: i64, failed: bool) {
         let mut g = self.lock();
         g.newest_ms = g.newest_ms.max(slot_ms);
-        g.latest.insert(
-            target.to_owned(),
-            Latest {
-                slot_ms,
-                interval_ms: interval_ms.max(1),
-                failed,
-            },
-        );
+        let latest = Latest {
+            slot_ms,
+            interval_ms: interval_ms.max(1),
+            failed,
+        };
+        // Per round: no new key (and no allocation) for a known target.
+        match g.latest.get_mut(target) {
+            Some(l) => *l = latest,
+            None => {
+                g.latest.insert(target.to_owned(), latest);
+            }
+        }
         g.since_pass += 1;
         // Judge once per round of the list: a full list's worth of new
         // rounds, or at once when this round failed where the flag is down

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use crate::config::IndexerSettings;
 use crate::document;
 use crate::elasticsearch::BulkDoc;
-use crate::insight::verdict::{Change, Classified, Correlator, Notice, Observation, Settings};
+use crate::insight::verdict::{
+    system_ms, Change, Classified, Correlator, Notice, Observation, Settings,
+};
 use crate::protocol::{self, AgentState, PingResult, TargetState};
 
 /// Retained verdict payloads by topic: what every broker should hold.
@@ -105,9 +107,7 @@ impl Insight {
     /// Judges one accepted result (its timestamp already checked); `None`
     /// when the target is not in the list.
     pub fn observe(&self, r: &PingResult, at: SystemTime) -> Option<Classified> {
-        let at_ms = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let at_ms = system_ms(at);
         // Intervals are validated upstream as positive and finite; clamp
         // anyway (a day at most) so no product can overflow.
         let interval_ms = (r.interval.clamp(0.001, 86_400.0) * 1000.0) as i64;
@@ -125,10 +125,7 @@ impl Insight {
 
     /// An agent's `lost` (a will that is not stale) or `shutdown` notice.
     pub fn notice(&self, agent: &str, notice: Notice, at: SystemTime) {
-        let at_ms = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        self.lock().notice(agent, notice, at_ms);
+        self.lock().notice(agent, notice, system_ms(at));
     }
 
     /// Expires silent agents, updates the book, and returns a state-change

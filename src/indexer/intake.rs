@@ -220,9 +220,7 @@ impl Intake {
             Some(since) => {
                 let (at, canonical) = document::canonical_timestamp(since)?;
                 rip.since = Some(canonical);
-                at.duration_since(SystemTime::UNIX_EPOCH)
-                    .ok()
-                    .and_then(|d| i64::try_from(d.as_millis()).ok())
+                Some(crate::insight::verdict::system_ms(at))
             }
             None => None,
         };
@@ -284,6 +282,9 @@ impl Intake {
             }
             due
         };
+        if due.is_empty() {
+            return Vec::new();
+        }
         let down = self
             .broker_down
             .lock()

@@ -741,7 +741,8 @@ struct AgentView {
     round: usize,
 }
 
-fn system_ms(t: SystemTime) -> i64 {
+/// Milliseconds since the epoch (0 before it, or past what i64 holds).
+pub fn system_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .ok()
         .and_then(|d| i64::try_from(d.as_millis()).ok())
