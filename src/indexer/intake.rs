@@ -462,6 +462,49 @@ mod tests {
     }
 
     #[test]
+    fn hostile_notices_are_counted_skips() {
+        let intake = new_intake();
+        let long = "i".repeat(257);
+        for bad in [
+            format!(r#"{{"agent":"a","reason":"online","instance":"{long}"}}"#),
+            format!(r#"{{"agent":"a","reason":"online","broker":"{long}"}}"#),
+            format!(r#"{{"agent":"a","reason":"online","watch_version":"{long}"}}"#),
+            r#"{"agent":"a","reason":"online","since":"9999-99-99"}"#.to_owned(),
+            r#"{"agent":"a","reason":"gone"}"#.to_owned(),
+        ] {
+            assert!(
+                take(&intake, "rip/agent/a", bad.as_bytes()).is_none(),
+                "{bad}"
+            );
+        }
+        assert_eq!(intake.stats.bad(), 5);
+        assert!(intake.snapshot().is_empty(), "no agent from a refusal");
+    }
+
+    #[test]
+    fn a_burst_of_wills_is_bounded_and_none_is_lost() {
+        let intake = new_intake();
+        let will = |i: usize| {
+            format!(
+                r#"{{"agent":"a{i}","reason":"lost","instance":"i","since":"2026-12-03T10:00:00.000Z"}}"#
+            )
+        };
+        // Up to the bound, wills wait out their grace...
+        for i in 0..MAX_AGENTS {
+            assert!(take(&intake, "rip/agent/x", will(i).as_bytes()).is_none());
+        }
+        // ...past it, one is judged at once (its document now), not dropped.
+        assert!(take(&intake, "rip/agent/x", will(MAX_AGENTS).as_bytes()).is_some());
+        // A will delivered again while it waits is one will.
+        assert!(take(&intake, "rip/agent/x", will(0).as_bytes()).is_none());
+        let docs = intake.settle_wills(SystemTime::now() + WILL_GRACE);
+        assert_eq!(docs.len(), MAX_AGENTS);
+        assert!(intake
+            .settle_wills(SystemTime::now() + WILL_GRACE)
+            .is_empty());
+    }
+
+    #[test]
     fn a_will_counts_after_its_grace_unless_the_agent_connected_again() {
         let intake = new_intake();
         let presence = |reason: &str, since: &str| {
