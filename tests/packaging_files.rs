@@ -149,6 +149,14 @@ fn synthetics() -> Flavor {
 /// (`BulkDoc::from_result_as`, the intake's call): an up round, a down one
 /// (name did not resolve), and the same agent again a round later.
 fn check_documents(flavor: Flavor) -> Vec<Value> {
+    judged_check_documents(flavor, None)
+}
+
+/// [`check_documents`] with how each round was judged.
+fn judged_check_documents(
+    flavor: Flavor,
+    judged: Option<&swarming::insight::verdict::Classified>,
+) -> Vec<Value> {
     let shaper = CheckShaper::new(flavor);
     let rtts = vec![Some(10.0), None, Some(12.5)];
     let up = PingResult {
@@ -185,7 +193,7 @@ fn check_documents(flavor: Flavor) -> Vec<Value> {
     [up, down, later]
         .iter()
         .map(|r| {
-            let doc = BulkDoc::from_result_as(r, &shaper).unwrap();
+            let doc = BulkDoc::from_judged_result(r, &shaper, judged).unwrap();
             serde_json::from_str(doc.source()).unwrap()
         })
         .collect()
@@ -255,12 +263,11 @@ fn every_document_field_is_mapped_with_a_fitting_type() {
 }
 
 /// State-change ("verdict") documents and the verdict fields of check
-/// documents, in the shape the indexer is to write them (event.dataset
-/// `swarming.verdict`: the state that begins at `verdict.since`, and the
-/// one it ends under `verdict.previous`). Written out here until
-/// `src/document.rs` builds them; then these become the builder's output.
+/// documents, as the indexer writes them (event.dataset `swarming.verdict`:
+/// the state that begins at `verdict.since`, and the one it ends under
+/// `verdict.previous`).
 fn verdict_samples() -> Vec<Value> {
-    use swarming::document::{add_judgement, verdict_doc, Previous, VerdictChange};
+    use swarming::document::{verdict_doc, Previous, VerdictChange};
     use swarming::insight::verdict::Classified;
     use swarming::protocol::{
         AgentState, AgentVerdict, Cause, RoundState, TargetState, TargetVerdict,
@@ -297,16 +304,16 @@ fn verdict_samples() -> Vec<Value> {
             since: "2026-12-03T18:00:00.000Z".into(),
         })
     };
-    let mut check = check_documents(Flavor::Uptime).remove(0);
-    add_judgement(
-        &mut check,
-        &Classified {
+    let check = judged_check_documents(
+        Flavor::Uptime,
+        Some(&Classified {
             state: RoundState::Slow,
             slow_ms: 40.0,
             lossy: 0.2,
             baseline_ms: Some(12.5),
-        },
-    );
+        }),
+    )
+    .remove(0);
     vec![
         // A target goes down: the start of an incident.
         verdict_doc(&VerdictChange::Target(&down), was("up", Some("none"))).1,

@@ -2,6 +2,7 @@
 //! with retries.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
@@ -18,21 +19,25 @@ use crate::protocol::{PingResult, Rip};
 use super::client::{error_message, error_reason};
 use super::*;
 
-/// One document to index: its id and its JSON source, serialized once.
+/// One document to index: its id and its JSON source, serialized once,
+/// held as the spool record `id NEWLINE source` (so the writer stores it
+/// and the drain takes it back without a copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BulkDoc {
-    pub(super) id: String,
-    pub(super) source: String,
+    record: String,
+    /// Length of the id (where the newline is).
+    split: usize,
 }
 
 impl BulkDoc {
     /// A document with the given id and source.
     pub fn new(id: impl Into<String>, source: &Value) -> BulkDoc {
-        BulkDoc {
-            id: id.into(),
-            // `Value`'s Display is compact JSON on one line.
-            source: source.to_string(),
-        }
+        let mut record: String = id.into();
+        let split = record.len();
+        record.push('\n');
+        // `Value`'s Display is compact JSON on one line.
+        let _ = write!(record, "{source}");
+        BulkDoc { record, split }
     }
 
     /// A document from JSON text (re-serialized compactly, so it fits one
@@ -44,8 +49,7 @@ impl BulkDoc {
 
     /// The check document of a ping result, with its stable id.
     pub fn from_result(result: &PingResult) -> Result<BulkDoc, DocumentError> {
-        let source = document::result_document(result)?;
-        Ok(BulkDoc::new(document::doc_id(result), &source))
+        BulkDoc::from_judged_result(result, &document::CheckShaper::default(), None)
     }
 
     /// The check document of a ping result shaped by `shaper` (mode uptime
@@ -54,22 +58,44 @@ impl BulkDoc {
         result: &PingResult,
         shaper: &document::CheckShaper,
     ) -> Result<BulkDoc, DocumentError> {
-        let source = shaper.document(result)?;
-        Ok(BulkDoc::new(document::doc_id(result), &source))
+        BulkDoc::from_judged_result(result, shaper, None)
     }
 
-    /// [`BulkDoc::from_result_as`] with how the round was judged (see
-    /// [`document::add_judgement`]).
+    /// [`BulkDoc::from_result_as`] with how the round was judged.
     pub fn from_judged_result(
         result: &PingResult,
         shaper: &document::CheckShaper,
         judged: Option<&crate::insight::verdict::Classified>,
     ) -> Result<BulkDoc, DocumentError> {
-        let mut source = shaper.document(result)?;
-        if let Some(j) = judged {
-            document::add_judgement(&mut source, j);
+        let (start, ts) = document::canonical_timestamp(&result.timestamp)?;
+        if ts == result.timestamp {
+            return BulkDoc::check(result, start, shaper, judged);
         }
-        Ok(BulkDoc::new(document::doc_id(result), &source))
+        let canonical = PingResult {
+            timestamp: ts,
+            ..result.clone()
+        };
+        BulkDoc::check(&canonical, start, shaper, judged)
+    }
+
+    /// The check document of a result whose timestamp is already the
+    /// canonical text of `start` (what intake has checked), shaped by
+    /// `shaper`, with how the round was judged: the intake's one pass.
+    pub fn check(
+        result: &PingResult,
+        start: SystemTime,
+        shaper: &document::CheckShaper,
+        judged: Option<&crate::insight::verdict::Classified>,
+    ) -> Result<BulkDoc, DocumentError> {
+        let id = document::result_id(&result.agent, &result.target, &result.timestamp);
+        // Room for a usual document: one allocation.
+        let mut record = Vec::with_capacity(1024);
+        record.extend_from_slice(id.as_str().as_bytes());
+        let split = record.len();
+        record.push(b'\n');
+        shaper.write(result, start, id.as_str(), judged, &mut record)?;
+        let record = String::from_utf8(record).map_err(|e| DocumentError::Encode(e.to_string()))?;
+        Ok(BulkDoc { record, split })
     }
 
     /// The lifecycle document of an agent notice received at `at`
@@ -81,27 +107,39 @@ impl BulkDoc {
         )
     }
 
-    /// A document read back from the spool: `source` was written by
-    /// [`BulkDoc::source`] (compact JSON, one line), so it is taken as is
-    /// instead of parsed again. `None` for text that cannot be that.
-    pub fn from_spooled(id: &str, source: &str) -> Option<BulkDoc> {
+    /// A document read back from the spool: `record` was written from
+    /// [`BulkDoc::record`] (an id, a newline, compact JSON on one line), so
+    /// it is taken as is, without a copy, instead of parsed again. `None`
+    /// for bytes that cannot be that.
+    pub fn from_spooled(record: Vec<u8>) -> Option<BulkDoc> {
+        let record = String::from_utf8(record).ok()?;
+        let (id, source) = record.split_once('\n')?;
         let one_object = source.starts_with('{') && source.ends_with('}');
-        if id.is_empty() || id.contains(['\n', '"', '\\']) || !one_object || source.contains('\n') {
+        if id.is_empty() || id.contains(['"', '\\']) || !one_object || source.contains('\n') {
             return None;
         }
-        Some(BulkDoc {
-            id: id.to_owned(),
-            source: source.to_owned(),
-        })
+        let split = id.len();
+        Some(BulkDoc { record, split })
     }
 
     pub fn id(&self) -> &str {
-        &self.id
+        &self.record[..self.split]
     }
 
     /// The source as compact JSON text.
     pub fn source(&self) -> &str {
-        &self.source
+        self.record.get(self.split + 1..).unwrap_or_default()
+    }
+
+    /// What the spool stores: the id, a newline, the source.
+    pub fn record(&self) -> &[u8] {
+        self.record.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for BulkDoc {
+    fn as_ref(&self) -> &[u8] {
+        self.record()
     }
 }
 
@@ -200,7 +238,7 @@ pub(super) fn item_outcome(status: u16, reason: String) -> ItemOutcome {
 
 impl EsClient {
     pub(super) fn bulk_body(&self, docs: &[BulkDoc]) -> Vec<u8> {
-        let mut body = Vec::with_capacity(docs.iter().map(|d| d.source.len() + 100).sum());
+        let mut body = Vec::with_capacity(docs.iter().map(|d| d.source().len() + 100).sum());
         // The action line, written directly (no JSON tree per document);
         // both strings are JSON-escaped.
         let index = Value::from(self.index.as_str()).to_string();
@@ -208,16 +246,16 @@ impl EsClient {
             body.extend_from_slice(b"{\"create\":{\"_index\":");
             body.extend_from_slice(index.as_bytes());
             body.extend_from_slice(b",\"_id\":");
-            if d.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            if d.id().bytes().all(|b| b.is_ascii_alphanumeric()) {
                 // Our ids (hex): nothing to escape.
                 body.push(b'"');
-                body.extend_from_slice(d.id.as_bytes());
+                body.extend_from_slice(d.id().as_bytes());
                 body.push(b'"');
             } else {
-                body.extend_from_slice(Value::from(d.id.as_str()).to_string().as_bytes());
+                body.extend_from_slice(Value::from(d.id()).to_string().as_bytes());
             }
             body.extend_from_slice(b"}}\n");
-            body.extend_from_slice(d.source.as_bytes());
+            body.extend_from_slice(d.source().as_bytes());
             body.push(b'\n');
         }
         body
@@ -293,10 +331,10 @@ impl EsClient {
                 )));
             };
             if let Some(id) = &item.id {
-                if id != &doc.id {
+                if id != doc.id() {
                     return Err(OnceError::Other(EsError::Protocol(format!(
                         "bulk answer items out of order: got id {id}, expected {}",
-                        doc.id
+                        doc.id()
                     ))));
                 }
             }
@@ -333,14 +371,14 @@ impl EsClient {
                 }
                 Err(OnceError::TooLarge) if hi - lo == 1 => {
                     answered = true;
-                    warn!(id = %docs[lo].id, bytes = docs[lo].source.len(),
+                    warn!(id = %docs[lo].id(), bytes = docs[lo].source().len(),
                         "document too large for the server (HTTP 413)");
                     out[lo] = Some(ItemOutcome::Dead {
                         status: 413,
                         reason: format!(
                             "request entity too large: a bulk request with only this document \
                              ({} bytes) exceeds the server's http.max_content_length",
-                            docs[lo].source.len()
+                            docs[lo].source().len()
                         ),
                     });
                 }
@@ -415,11 +453,11 @@ impl EsClient {
                             ItemOutcome::Done { duplicate: true } => report.duplicates += 1,
                             ItemOutcome::Dead { status, reason } => {
                                 report.dead += 1;
-                                warn!(id = %doc.id, status, %reason, "document refused, dead-lettered");
+                                warn!(id = %doc.id(), status, %reason, "document refused, dead-lettered");
                                 if let Err(e) = dead.write(&doc, status, &reason) {
                                     report.dead_letter_errors += 1;
-                                    error!(id = %doc.id, path = %dead.path().display(), error = %e,
-                                        source = %doc.source, "cannot write the dead-letter file: document lost");
+                                    error!(id = %doc.id(), path = %dead.path().display(), error = %e,
+                                        source = %doc.source(), "cannot write the dead-letter file: document lost");
                                 }
                             }
                             ItemOutcome::Retry { status, reason } => {

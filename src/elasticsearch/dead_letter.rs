@@ -44,8 +44,8 @@ impl DeadLetter {
             json!(time),
             json!(reason),
             status,
-            json!(doc.id),
-            doc.source
+            json!(doc.id()),
+            doc.source()
         );
         self.file.write_all(line.as_bytes())?;
         self.file.flush()?;

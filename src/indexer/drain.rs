@@ -167,17 +167,15 @@ pub async fn run(
             };
             let last = *last;
             let docs: Vec<BulkDoc> = records
-                .iter()
+                .into_iter()
                 .filter_map(|(_, rec)| {
-                    let doc = std::str::from_utf8(rec)
-                        .ok()
-                        .and_then(|text| text.split_once('\n'))
-                        .and_then(|(id, source)| BulkDoc::from_spooled(id, source));
+                    let bytes = rec.len();
+                    let doc = BulkDoc::from_spooled(rec);
                     if doc.is_none() {
                         // The spool checks every record's CRC: this is a
                         // record we did not write. Skip it, loudly.
                         d.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(bytes = rec.len(), "unreadable spool record skipped");
+                        tracing::error!(bytes, "unreadable spool record skipped");
                     }
                     doc
                 })

@@ -190,7 +190,7 @@ impl Intake {
         }
         r.timestamp = canonical;
         let judged = self.insight.observe(&r, at);
-        let doc = BulkDoc::from_judged_result(&r, &self.shaper, judged.as_ref())?;
+        let doc = BulkDoc::check(&r, at, &self.shaper, judged.as_ref())?;
         self.swarm.record_result(&r, broker, now); // http: hook
         let touched = self.agents().result(&r.agent, r.interval, broker, now);
         if touched.evicted {

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::elasticsearch::BulkDoc;
 use crate::file_output::FileOutput;
 use crate::spool::{SharedSpool, SpoolStats};
 
@@ -136,13 +137,11 @@ async fn write(
     drain: &CancellationToken,
 ) {
     let mut ids = Vec::with_capacity(batch.len());
-    let mut records = Vec::with_capacity(batch.len());
-    let mut lines = Vec::with_capacity(batch.len());
+    let mut docs = Vec::with_capacity(batch.len());
     let mut acks = Vec::with_capacity(batch.len());
     let mut in_batch = HashSet::with_capacity(batch.len());
     for item in batch {
-        let id = item.doc.id();
-        let key = id_key(id);
+        let key = id_key(item.doc.id());
         if recent.contains(key) || !in_batch.insert(key) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
             if let Some(ack) = &item.ack {
@@ -150,24 +149,14 @@ async fn write(
             }
         } else {
             ids.push(key);
-            if outputs.spool.is_some() {
-                let source = item.doc.source();
-                let mut record = String::with_capacity(id.len() + 1 + source.len());
-                record.push_str(id);
-                record.push('\n');
-                record.push_str(source);
-                records.push(record);
-            }
-            if outputs.file.is_some() {
-                lines.push(item.doc.source().to_owned());
-            }
+            docs.push(item.doc);
         }
         acks.extend(item.ack);
     }
     if !ids.is_empty() {
-        // Shared, not copied, between the attempts.
-        let records: Arc<[String]> = records.into();
-        let lines: Arc<[String]> = lines.into();
+        // Shared, not copied, between the outputs and the attempts: the
+        // spool stores each document's record, the file its source.
+        let docs: Arc<[BulkDoc]> = docs.into();
         let mut retried = false;
         let mut spool_done = outputs.spool.is_none();
         let mut file_done = outputs.file.is_none();
@@ -176,13 +165,13 @@ async fn write(
             let (s, f) = tokio::join!(
                 async {
                     match (&outputs.spool, spool_done) {
-                        (Some(spool), false) => Some(spool.append(records.clone()).await),
+                        (Some(spool), false) => Some(spool.append(docs.clone()).await),
                         _ => None,
                     }
                 },
                 async {
                     match (&outputs.file, file_done) {
-                        (Some(file), false) => Some(write_file(file.clone(), lines.clone()).await),
+                        (Some(file), false) => Some(write_file(file.clone(), docs.clone()).await),
                         _ => None,
                     }
                 }
@@ -240,10 +229,11 @@ async fn write(
 }
 
 /// Appends and syncs lines in the file output, on the blocking pool.
-async fn write_file(file: Arc<Mutex<FileOutput>>, lines: Arc<[String]>) -> Result<(), String> {
+async fn write_file(file: Arc<Mutex<FileOutput>>, docs: Arc<[BulkDoc]>) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
+        let lines: Vec<&str> = docs.iter().map(BulkDoc::source).collect();
         let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
-        f.write(&lines[..]).and_then(|()| f.sync())
+        f.write(&lines).and_then(|()| f.sync())
     })
     .await
     .map_err(|e| e.to_string())?
