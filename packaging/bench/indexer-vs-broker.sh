@@ -7,13 +7,21 @@
 # `mosquitto_sub -q 1` (the anchor) and once by swarming-indexer storing
 # into an Elasticsearch stand-in (packaging/bench/es-standin.py, whose own
 # CPU is shown). Prints results/s received by mosquitto_sub and stored by
-# the indexer, the ratio, and CPU per result of the indexer, mosquitto and
-# the stand-in. Asserts nothing.
+# the indexer, the ratio, and CPU per result (us) of mosquitto_sub, the
+# indexer, the stand-in and mosquitto (while feeding mosquitto_sub / the
+# indexer). Asserts nothing.
 #
 #   packaging/bench/indexer-vs-broker.sh [SECONDS]   (paced runs, default 6)
+#   MODES="pinned" BROKERS=stock packaging/bench/indexer-vs-broker.sh   (a part)
 #
 # Modes: unpaced (4 x mosquitto_pub -l, 25,000 results each, as fast as the
-# broker takes them), then paced at 10,000/s and 20,000/s (one publisher).
+# broker takes them), then paced at 10,000/s and 20,000/s (one publisher),
+# all processes sharing the cores; then "pinned": unpaced again with the
+# load (mosquitto and the publishers) on CPU 0 and the consumer
+# (mosquitto_sub, or the indexer and the stand-in) on CPU 1, as when the
+# indexer runs on a host of its own (unpinned, an unpaced burst keeps both
+# cores busy, and every microsecond the consumer spends is taken from the
+# broker and publishers feeding it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-6}
@@ -63,9 +71,10 @@ sleep 0.5
 
 # publish MODE: unpaced (4 files at once) or a rate
 publish() {
-    if [ "$1" = unpaced ]; then
-        local pp=()
-        for i in 0 1 2 3; do mosquitto_pub -p "$port" -q 1 -t ping/127.0.0.1 -l < "$work/in-$i" & pp+=($!); done
+    if [ "$1" = unpaced ] || [ "$1" = pinned ]; then
+        local pp=() pin=()
+        [ "$1" = pinned ] && pin=(taskset -c 0)
+        for i in 0 1 2 3; do "${pin[@]}" mosquitto_pub -p "$port" -q 1 -t ping/127.0.0.1 -l < "$work/in-$i" & pp+=($!); done
         wait "${pp[@]}"
     else
         pace "$work/in-p" "$1" | mosquitto_pub -p "$port" -q 1 -t ping/127.0.0.1 -l
@@ -89,17 +98,32 @@ sub_count() { wc -l < "$work/sub.out"; }
 es_count() { curl -s "127.0.0.1:$esport/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
 
 run=0
-for broker in stock raised; do
+for broker in ${BROKERS:-stock raised}; do
 port=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$work/m.conf"
 [ $broker = raised ] && printf 'max_inflight_messages 0\nmax_queued_messages 0\n' >> "$work/m.conf"
 mosquitto -c "$work/m.conf" >/dev/null 2>&1 & mpid=$!; pids+=($mpid)
 sleep 0.5
 echo "== mosquitto $broker"
-printf '%-14s %9s %11s %11s %6s %9s %9s %9s  %s\n' mode published "sub/s" "indexer/s" ratio "idx us/r" "mosq us/r" "es us/r" "(delivered: sub, indexer)"
-for mode in unpaced 10000 20000; do
+printf '%-9s %9s %8s %9s %6s %8s %8s %8s %11s  %s\n' mode published "sub/s" "indexer/s" ratio "sub us" "idx us" "es us" "mosq us" "(delivered: sub, indexer)"
+# The unpaced runs are short and move with the machine's load: each is run
+# REPS times (default 3) and the median ratio printed.
+reps=${REPS:-3}
+base="unpaced 10000 20000"
+[ "$(nproc)" -ge 2 ] && base="$base pinned"
+modes=""
+for m in ${MODES:-$base}; do
+    case $m in unpaced|pinned) for _ in $(seq "$reps"); do modes="$modes $m"; done ;; *) modes="$modes $m" ;; esac
+done
+declare -A ratios=()
+for mode in $modes; do
     run=$((run + 1))
-    if [ $mode = unpaced ]; then
+    consumer=()
+    if [ $mode = pinned ]; then
+        consumer=(taskset -c 1)
+        taskset -apc 0 $mpid >/dev/null; taskset -apc 1 $espid >/dev/null
+    fi
+    if [ $mode = unpaced ] || [ $mode = pinned ]; then
         n=100000
         for i in 0 1 2 3; do gen "$work/in-$i" 25000 "$run$i"; done
     else
@@ -108,7 +132,7 @@ for mode in unpaced 10000 20000; do
     fi
     # (a) mosquitto_sub
     : > "$work/sub.out"
-    mosquitto_sub -p "$port" -q 1 -i "bench-sub-$run" -t 'ping/+' > "$work/sub.out" & spid=$!
+    "${consumer[@]}" mosquitto_sub -p "$port" -q 1 -i "bench-sub-$run" -t 'ping/+' > "$work/sub.out" & spid=$!
     sleep 0.5
     m0=$(ticks $mpid); s0=$(ticks $spid)
     t0=$(date +%s.%N)
@@ -117,9 +141,10 @@ for mode in unpaced 10000 20000; do
     m1=$(ticks $mpid); s1=$(ticks $spid)
     kill $spid; wait $spid 2>/dev/null || true
     sub_mosq=$(awk -v a="$m0" -v b="$m1" -v n="$sn" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / (n > 0 ? n : 1) }')
+    sub_cpu=$(awk -v a="$s0" -v b="$s1" -v n="$sn" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / (n > 0 ? n : 1) }')
     # (b) the indexer (a fresh state directory, same input regenerated so
     # that its ids are new to the stand-in)
-    if [ $mode = unpaced ]; then
+    if [ $mode = unpaced ] || [ $mode = pinned ]; then
         for i in 0 1 2 3; do gen "$work/in-$i" 25000 "x$run$i"; done
     else
         gen "$work/in-p" "$n" "x$run"
@@ -135,7 +160,7 @@ state_dir: $work/state
 elasticsearch: {url: "http://127.0.0.1:$esport", flush_interval: 200ms}
 log: {level: warn}
 YAML
-    target/release/swarming-indexer -c "$work/indexer.yaml" --log stderr 2>>"$work/indexer.log" & ipid=$!; pids+=($ipid)
+    "${consumer[@]}" target/release/swarming-indexer -c "$work/indexer.yaml" --log stderr 2>>"$work/indexer.log" & ipid=$!; pids+=($ipid)
     sleep 1
     m0=$(ticks $mpid); i0=$(ticks $ipid); e0=$(ticks $espid)
     t0=$(date +%s.%N)
@@ -144,12 +169,20 @@ YAML
     inn=$((inn - before))
     m1=$(ticks $mpid); i1=$(ticks $ipid); e1=$(ticks $espid)
     kill -TERM $ipid; wait $ipid 2>/dev/null || true
-    awk -v mode="$mode" -v n="$n" -v sn="$sn" -v st="$st" -v inn="$inn" -v it="$it" \
-        -v i="$((i1 - i0))" -v m="$((m1 - m0))" -v e="$((e1 - e0))" -v hz="$hz" -v sm="$sub_mosq" 'BEGIN {
+    if [ $mode = pinned ]; then
+        taskset -apc 0-$(($(nproc) - 1)) $mpid >/dev/null; taskset -apc 0-$(($(nproc) - 1)) $espid >/dev/null
+    fi
+    line=$(awk -v mode="$mode" -v n="$n" -v sn="$sn" -v st="$st" -v inn="$inn" -v it="$it" \
+        -v i="$((i1 - i0))" -v m="$((m1 - m0))" -v e="$((e1 - e0))" -v hz="$hz" -v sm="$sub_mosq" -v sc="$sub_cpu" 'BEGIN {
         sr = sn / st; ir = inn / it; d = (inn > 0 ? inn : 1)
-        printf "%-14s %9d %11.0f %11.0f %6.2f %9.1f %9.1f %9.1f  (%d, %d)\n", mode (mode == "unpaced" ? "" : "/s"), n, sr, ir, ir / sr,
-            i / hz * 1e6 / d, m / hz * 1e6 / d, e / hz * 1e6 / d, sn, inn
-        printf "%-14s mosquitto CPU per message delivered to mosquitto_sub: %s us\n", "", sm }'
+        printf "%-9s %9d %8.0f %9.0f %6.2f %8s %8.1f %8.1f %5s/%5.1f  (%d, %d)\n", mode (mode ~ /^[0-9]+$/ ? "/s" : ""), n, sr, ir, ir / sr,
+            sc, i / hz * 1e6 / d, e / hz * 1e6 / d, sm, m / hz * 1e6 / d, sn, inn }')
+    echo "$line"
+    ratios[$mode]="${ratios[$mode]:-} $(echo "$line" | awk '{print $5}')"
+done
+for mode in unpaced pinned; do
+    [ -n "${ratios[$mode]:-}" ] || continue
+    echo "$mode: median ratio $(echo ${ratios[$mode]} | tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }') of ${ratios[$mode]}"
 done
 kill $mpid; wait $mpid 2>/dev/null || true
 done
