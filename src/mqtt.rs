@@ -438,13 +438,19 @@ pub async fn connect(el: &mut EventLoop, keepalive: Duration) -> Result<(), Stri
 
 /// Drives `poll()` in its own task: never publish from the task that polls,
 /// and never cancel `poll()` half way (it is not cancel safe). Events arrive
-/// on the returned channel; the first error ends the task.
+/// on the returned channel; the first error ends the task. Outgoing events
+/// are not passed on but for DISCONNECT ([`disconnect`] waits for it):
+/// nobody reads them, and one per acknowledgement would double the
+/// channel's traffic.
 pub fn spawn_poller(mut el: EventLoop) -> (Events, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
     let task = tokio::spawn(async move {
         loop {
             let ev = el.poll().await;
             let end = ev.is_err();
+            if matches!(&ev, Ok(Event::Outgoing(o)) if *o != rumqttc::Outgoing::Disconnect) {
+                continue;
+            }
             if tx.send(ev).await.is_err() || end {
                 break;
             }
