@@ -227,3 +227,61 @@ fn bad_api_key_is_a_config_error() {
     assert!(matches!(e, EsError::Config(_)));
     assert!(!e.to_string().contains("bad\nkey"));
 }
+
+#[test]
+fn a_document_comes_back_from_its_spool_record_whole_and_bad_records_are_refused() {
+    let doc = BulkDoc::new("0123abcd", &json!({"a": "x\ny", "b": [1, 2]}));
+    assert_eq!(doc.id(), "0123abcd");
+    assert_eq!(doc.source(), r#"{"a":"x\ny","b":[1,2]}"#);
+    assert_eq!(
+        doc.record(),
+        br#"0123abcd
+{"a":"x\ny","b":[1,2]}"#
+    );
+    let back = BulkDoc::from_spooled(doc.record().to_vec()).unwrap();
+    assert_eq!(back, doc);
+    for bad in [
+        &b"no newline"[..],
+        b"\n{\"a\":1}",
+        b"i\"d\n{\"a\":1}",
+        b"i\\d\n{\"a\":1}",
+        b"id\n[1]",
+        b"id\n{\"a\":1}\n{\"b\":2}",
+        b"id\n{\"a\":\"\xff\"}",
+    ] {
+        assert!(BulkDoc::from_spooled(bad.to_vec()).is_none(), "{bad:?}");
+    }
+}
+
+#[test]
+fn intakes_one_pass_check_document_is_the_one_of_any_spelling() {
+    use crate::document::{canonical_timestamp, CheckShaper};
+    use crate::protocol::{PingResult, RttStats};
+    let r = PingResult {
+        agent: "a1".into(),
+        labels: Default::default(),
+        target: "t.example".into(),
+        addr: None,
+        timestamp: "2026-11-25T12:00:00.1239+00:00".into(),
+        interval: 60.0,
+        sent: 2,
+        received: 1,
+        rtt: RttStats::from_rtts(&[Some(1.0), None]),
+        rtts: vec![Some(1.0), None],
+        error: None,
+    };
+    let shaper = CheckShaper::default();
+    let any = BulkDoc::from_judged_result(&r, &shaper, None).unwrap();
+    let (start, canonical) = canonical_timestamp(&r.timestamp).unwrap();
+    assert_eq!(canonical, "2026-11-25T12:00:00.123Z");
+    let r = PingResult {
+        timestamp: canonical,
+        ..r
+    };
+    let once = BulkDoc::check(&r, start, &shaper, None).unwrap();
+    assert_eq!(once, any);
+    assert_eq!(once.id(), crate::document::doc_id(&r));
+    let source: Value = serde_json::from_str(once.source()).unwrap();
+    assert_eq!(source["@timestamp"], "2026-11-25T12:00:00.123Z");
+    assert_eq!(source["monitor"]["check_group"], once.id());
+}
