@@ -123,7 +123,7 @@ impl BulkDoc {
     }
 
     pub fn id(&self) -> &str {
-        &self.record[..self.split]
+        self.record.get(..self.split).unwrap_or_default()
     }
 
     /// The source as compact JSON text.
