@@ -1029,3 +1029,23 @@ fn the_indexer_yaml_example_parses_in_both_modes() {
     let s = IndexerSettings::from_str(f, &synth).unwrap();
     assert_eq!(s.elasticsearch.unwrap().flavor, synthetics());
 }
+
+/// The demo (`packaging/swarm.sh`, the README's main command) runs the
+/// examples it builds: each must exist, or the demo breaks while every
+/// test still passes.
+#[test]
+fn every_example_the_demo_builds_exists() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = std::fs::read_to_string(format!("{root}/packaging/swarm.sh")).unwrap();
+    let words: Vec<&str> = script.split_whitespace().collect();
+    let examples: Vec<&str> = words
+        .windows(2)
+        .filter(|w| w[0] == "--example")
+        .map(|w| w[1])
+        .collect();
+    assert!(!examples.is_empty(), "swarm.sh builds no example any more?");
+    for name in examples {
+        let path = format!("{root}/examples/{name}.rs");
+        assert!(std::path::Path::new(&path).exists(), "{path} is missing");
+    }
+}
