@@ -2,6 +2,7 @@
 //! from borrowed fields (no tree of values, no copy of a string), since
 //! this runs once for every result the swarm sends.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::net::IpAddr;
@@ -14,7 +15,7 @@ use serde_json::Value;
 use super::synthetics::StreakState;
 use super::timestamp::MAX_RFC3339_MS;
 use super::{
-    canonical_timestamp, geo_point, hash_hex, url_domain, DocumentError, CHECK_DATASET,
+    canonical_timestamp, geo_point, hash_hex, hash_id, url_domain, DocumentError, CHECK_DATASET,
     ECS_VERSION, GEO_LABEL,
 };
 use crate::insight::verdict::Classified;
@@ -60,24 +61,33 @@ pub fn result_id(agent: &str, target: &str, canonical_timestamp: &str) -> DocId 
 pub fn doc_id(result: &PingResult) -> String {
     let (agent, target, timestamp) = result.key();
     match canonical_timestamp(timestamp) {
-        Ok((_, ts)) => hash_hex(&[agent, target, &ts]).as_str().to_owned(),
-        Err(_) => hash_hex(&[agent, target, timestamp]).as_str().to_owned(),
+        Ok((_, ts)) => hash_id(&[agent, target, &ts]),
+        Err(_) => hash_id(&[agent, target, timestamp]),
     }
+}
+
+/// `r` with its timestamp in its canonical text (borrowed when it already
+/// is), and the instant it names: what [`CheckShaper::write`](super::CheckShaper::write)
+/// takes.
+pub fn with_canonical_timestamp(
+    r: &PingResult,
+) -> Result<(SystemTime, Cow<'_, PingResult>), DocumentError> {
+    let (start, ts) = canonical_timestamp(&r.timestamp)?;
+    if ts == r.timestamp {
+        return Ok((start, Cow::Borrowed(r)));
+    }
+    let canonical = PingResult {
+        timestamp: ts,
+        ..r.clone()
+    };
+    Ok((start, Cow::Owned(canonical)))
 }
 
 /// The check document of one result in the Uptime shape, as a JSON value
 /// (for tests and tools; the indexer writes text with
 /// [`CheckShaper::write`](super::CheckShaper::write)).
 pub fn result_document(r: &PingResult) -> Result<Value, DocumentError> {
-    let (start, ts) = canonical_timestamp(&r.timestamp)?;
-    let r = PingResult {
-        timestamp: ts,
-        ..r.clone()
-    };
-    let id = result_id(&r.agent, &r.target, &r.timestamp);
-    let mut out = Vec::new();
-    write(&mut out, &r, start, id.as_str(), None, None)?;
-    serde_json::from_slice(&out).map_err(|e| DocumentError::Encode(e.to_string()))
+    super::CheckShaper::default().document(r)
 }
 
 /// The Synthetics app's part of a check document.
@@ -161,6 +171,8 @@ pub(super) fn write(
             kind: "metric",
         },
         monitor: Monitor {
+            // One monitor per target, the same from every agent (Uptime
+            // groups a monitor's locations under it).
             id: Concat("icmp-", &r.target),
             name: &r.target,
             r#type: "icmp",
@@ -430,7 +442,7 @@ impl Serialize for Concat<'_> {
 }
 
 /// An instant as RFC 3339 UTC text to the millisecond.
-pub(super) struct Rfc3339Millis(pub SystemTime);
+struct Rfc3339Millis(SystemTime);
 
 impl Serialize for Rfc3339Millis {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -1,17 +1,17 @@
 //! Elasticsearch documents built from wire messages (see `docs/documents.md`).
 //!
-//! - [`check`]: a [`PingResult`](crate::protocol::PingResult) becomes a
+//! - `check`: a [`PingResult`](crate::protocol::PingResult) becomes a
 //!   Heartbeat/ECS-shaped ICMP check document that Kibana's Uptime app
 //!   understands, plus our own `ping.*` fields (loss, rtt statistics,
 //!   per-echo rtts, how the round was judged) that Heartbeat does not have.
-//! - [`synthetics`]: the Kibana app the checks are shaped for; in the
+//! - `synthetics`: the Kibana app the checks are shaped for; in the
 //!   Synthetics flavour the same document also carries what the Synthetics
 //!   app's queries need (`summary.final_attempt`, `meta.space_id`,
 //!   `state.*`, `data_stream.*`).
-//! - [`lifecycle`]: a [`Rip`](crate::protocol::Rip) becomes an agent
+//! - `lifecycle`: a [`Rip`](crate::protocol::Rip) becomes an agent
 //!   lifecycle event.
-//! - [`verdict`]: verdict transitions become state-change documents.
-//! - [`timestamp`]: one canonical text per instant.
+//! - `verdict`: verdict transitions become state-change documents.
+//! - `timestamp`: one canonical text per instant.
 
 mod check;
 mod lifecycle;
@@ -23,7 +23,7 @@ use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
 
-pub use check::{doc_id, result_document, result_id, DocId};
+pub use check::{doc_id, result_document, result_id, with_canonical_timestamp, DocId};
 pub use lifecycle::{rip_doc_id, rip_document};
 pub use synthetics::{CheckShaper, Flavor};
 pub use timestamp::canonical_timestamp;
@@ -71,12 +71,6 @@ fn hash_hex(parts: &[&str]) -> DocId {
         h.update(p.as_bytes());
     }
     DocId::from_digest(&h.digest().bytes())
-}
-
-/// `monitor.id` of a target: one per target, the same from every agent
-/// (Uptime groups a monitor's locations under it).
-pub fn monitor_id(target: &str) -> String {
-    format!("icmp-{target}")
 }
 
 /// `url.domain` of a target: IPv6 literals are bracketed, as ECS asks.

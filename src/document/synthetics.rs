@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::check::{self, is_up, SyntheticsPart};
-use super::{canonical_timestamp, hash_id, DocumentError, MAX_TRACKED_STATES};
+use super::{hash_id, with_canonical_timestamp, DocumentError, MAX_TRACKED_STATES};
 use crate::insight::verdict::Classified;
 use crate::protocol::PingResult;
 
@@ -152,7 +152,7 @@ impl CheckShaper {
 
     /// Appends the check document of `r` in this shaper's flavour to
     /// `out` (compact JSON, one line): `r.timestamp` is the canonical text
-    /// of `start` (see [`canonical_timestamp`]), `id` the document's id
+    /// of `start` (see [`canonical_timestamp`](super::canonical_timestamp)), `id` the document's id
     /// (see [`result_id`](super::result_id)), `judged` how the round was
     /// judged (`ping.state`, `ping.levels`).
     pub fn write(
@@ -184,23 +184,10 @@ impl CheckShaper {
     /// The check document of one result in this shaper's flavour, as a
     /// JSON value (for tests and tools).
     pub fn document(&self, r: &PingResult) -> Result<Value, DocumentError> {
-        self.judged_document(r, None)
-    }
-
-    /// [`CheckShaper::document`] with how the round was judged.
-    pub fn judged_document(
-        &self,
-        r: &PingResult,
-        judged: Option<&Classified>,
-    ) -> Result<Value, DocumentError> {
-        let (start, ts) = canonical_timestamp(&r.timestamp)?;
-        let r = PingResult {
-            timestamp: ts,
-            ..r.clone()
-        };
+        let (start, r) = with_canonical_timestamp(r)?;
         let id = super::result_id(&r.agent, &r.target, &r.timestamp);
         let mut out = Vec::new();
-        self.write(&r, start, id.as_str(), judged, &mut out)?;
+        self.write(&r, start, id.as_str(), None, &mut out)?;
         serde_json::from_slice(&out).map_err(|e| DocumentError::Encode(e.to_string()))
     }
 }

@@ -67,15 +67,8 @@ impl BulkDoc {
         shaper: &document::CheckShaper,
         judged: Option<&crate::insight::verdict::Classified>,
     ) -> Result<BulkDoc, DocumentError> {
-        let (start, ts) = document::canonical_timestamp(&result.timestamp)?;
-        if ts == result.timestamp {
-            return BulkDoc::check(result, start, shaper, judged);
-        }
-        let canonical = PingResult {
-            timestamp: ts,
-            ..result.clone()
-        };
-        BulkDoc::check(&canonical, start, shaper, judged)
+        let (start, result) = document::with_canonical_timestamp(result)?;
+        BulkDoc::check(&result, start, shaper, judged)
     }
 
     /// The check document of a result whose timestamp is already the
