@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -446,7 +445,7 @@ struct Rfc3339Millis(SystemTime);
 
 impl Serialize for Rfc3339Millis {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(self.0) as &dyn Display)
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
     }
 }
 
