@@ -69,9 +69,15 @@ esport=$(free_port)
 python3 packaging/bench/es-standin.py "$esport" & espid=$!; pids+=($espid)
 sleep 0.5
 
-# publish MODE: unpaced (4 files at once) or a rate
+# burst MODE: whether MODE publishes the 4 files at once (unpaced, pinned).
+burst() { [ "$1" = unpaced ] || [ "$1" = pinned ]; }
+
+# us_per TICKS0 TICKS1 COUNT: CPU ticks spent, in microseconds per item.
+us_per() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / (n > 0 ? n : 1) }'; }
+
+# publish MODE: the 4 files at once (burst) or one at a rate
 publish() {
-    if [ "$1" = unpaced ] || [ "$1" = pinned ]; then
+    if burst "$1"; then
         local pp=() pin=()
         [ "$1" = pinned ] && pin=(taskset -c 0)
         for i in 0 1 2 3; do "${pin[@]}" mosquitto_pub -p "$port" -q 1 -t ping/127.0.0.1 -l < "$work/in-$i" & pp+=($!); done
@@ -123,7 +129,7 @@ for mode in $modes; do
         consumer=(taskset -c 1)
         taskset -apc 0 $mpid >/dev/null; taskset -apc 1 $espid >/dev/null
     fi
-    if [ $mode = unpaced ] || [ $mode = pinned ]; then
+    if burst $mode; then
         n=100000
         for i in 0 1 2 3; do gen "$work/in-$i" 25000 "$run$i"; done
     else
@@ -140,11 +146,11 @@ for mode in $modes; do
     read -r sn st < <(count_until_idle sub_count)
     m1=$(ticks $mpid); s1=$(ticks $spid)
     kill $spid; wait $spid 2>/dev/null || true
-    sub_mosq=$(awk -v a="$m0" -v b="$m1" -v n="$sn" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / (n > 0 ? n : 1) }')
-    sub_cpu=$(awk -v a="$s0" -v b="$s1" -v n="$sn" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / (n > 0 ? n : 1) }')
+    sub_mosq=$(us_per "$m0" "$m1" "$sn")
+    sub_cpu=$(us_per "$s0" "$s1" "$sn")
     # (b) the indexer (a fresh state directory, same input regenerated so
     # that its ids are new to the stand-in)
-    if [ $mode = unpaced ] || [ $mode = pinned ]; then
+    if burst $mode; then
         for i in 0 1 2 3; do gen "$work/in-$i" 25000 "x$run$i"; done
     else
         gen "$work/in-p" "$n" "x$run"
