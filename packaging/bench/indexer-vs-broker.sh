@@ -5,8 +5,8 @@
 # max_queued_messages 0: what a broker feeding indexers should run with),
 # the same results published three ways, taken once by a plain
 # `mosquitto_sub -q 1` (the anchor) and once by swarming-indexer storing
-# into an Elasticsearch stand-in (packaging/bench/es-standin.py, whose own
-# CPU is shown). Prints results/s received by mosquitto_sub and stored by
+# into an Elasticsearch stand-in (examples/es_standin.rs, whose own CPU
+# is shown). Prints results/s received by mosquitto_sub and stored by
 # the indexer, the ratio, and CPU per result (us) of mosquitto_sub, the
 # indexer, the stand-in and mosquitto (while feeding mosquitto_sub / the
 # indexer). Asserts nothing.
@@ -28,7 +28,7 @@ SECS=${1:-6}
 for p in mosquitto mosquitto_sub mosquitto_pub python3 curl; do
     command -v $p >/dev/null || { echo "needs $p (apt-get install mosquitto mosquitto-clients python3 curl)"; exit 1; }
 done
-cargo build --release --quiet --bin swarming-indexer
+cargo build --release --quiet --bin swarming-indexer --example es_standin
 work=$(mktemp -d); chmod 755 "$work"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -66,7 +66,7 @@ PY
 }
 
 esport=$(free_port)
-python3 packaging/bench/es-standin.py "$esport" & espid=$!; pids+=($espid)
+target/release/examples/es_standin "$esport" & espid=$!; pids+=($espid)
 sleep 0.5
 
 # burst MODE: whether MODE publishes the 4 files at once (unpaced, pinned).
@@ -87,8 +87,11 @@ publish() {
     fi
 }
 
-# count_until_idle CMD: polls CMD (prints a count) until it stops growing
-# for 2 s; prints "count seconds-from-t0-to-last-growth".
+# count_until_idle COUNT END: polls COUNT (prints a count) until it stops
+# growing for 2 s; prints "count seconds-from-t0-to-END", END printing the
+# time the last item arrived (Unix seconds), so the rate does not depend on
+# how often the count is polled. Both pollers are cheap (no interpreter
+# started): on a saturated machine the poller's CPU is taken from the run.
 count_until_idle() {
     local last=-1 at=$t0 n now
     while :; do
@@ -97,11 +100,14 @@ count_until_idle() {
         elif awk -v a="$at" -v b="$now" 'BEGIN { exit !(b - a > 2) }'; then break; fi
         sleep 0.1
     done
-    awk -v a="$t0" -v b="$at" -v n="$last" 'BEGIN { printf "%d %.3f\n", n, b - a }'
+    awk -v a="$t0" -v b="$($2)" -v n="$last" 'BEGIN { printf "%d %.3f\n", n, b - a }'
 }
 
 sub_count() { wc -l < "$work/sub.out"; }
-es_count() { curl -s "127.0.0.1:$esport/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
+sub_end() { stat -c %.9Y "$work/sub.out"; }   # mosquitto_sub flushes each line
+es_field() { curl -s "127.0.0.1:$esport/_count" | sed -n "s/.*\"$1\": *\([0-9.]*\).*/\1/p"; }
+es_count() { es_field count; }
+es_end() { es_field last; }
 
 run=0
 for broker in ${BROKERS:-stock raised}; do
@@ -143,7 +149,7 @@ for mode in $modes; do
     m0=$(ticks $mpid); s0=$(ticks $spid)
     t0=$(date +%s.%N)
     publish $mode
-    read -r sn st < <(count_until_idle sub_count)
+    read -r sn st < <(count_until_idle sub_count sub_end)
     m1=$(ticks $mpid); s1=$(ticks $spid)
     kill $spid; wait $spid 2>/dev/null || true
     sub_mosq=$(us_per "$m0" "$m1" "$sn")
@@ -171,7 +177,7 @@ YAML
     m0=$(ticks $mpid); i0=$(ticks $ipid); e0=$(ticks $espid)
     t0=$(date +%s.%N)
     publish $mode
-    read -r inn it < <(count_until_idle es_count)
+    read -r inn it < <(count_until_idle es_count es_end)
     inn=$((inn - before))
     m1=$(ticks $mpid); i1=$(ticks $ipid); e1=$(ticks $espid)
     kill -TERM $ipid; wait $ipid 2>/dev/null || true
