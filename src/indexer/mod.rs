@@ -6,12 +6,14 @@
 //! Modules: [`session`] (broker sessions), [`intake`] (validation, the one
 //! entry point of accepted messages), [`agents`] (bounded per-agent state),
 //! [`writer`] (durable writer and acks), [`drain`] (spool to Elasticsearch),
-//! [`supervisor`] (restarts, liveness), [`stats`] (counters).
+//! [`output_thread`] (the drain's own thread), [`supervisor`] (restarts,
+//! liveness), [`stats`] (counters).
 
 pub mod agents;
 pub mod drain;
 pub mod insight;
 pub mod intake;
+pub mod output_thread;
 pub mod session;
 pub mod stats;
 pub mod supervisor;
@@ -37,6 +39,7 @@ pub use drain::EsState;
 pub use stats::{BrokerStats, IndexerStats};
 
 use intake::Intake;
+use output_thread::OutputThread;
 use session::{Item, SessionConfig};
 use supervisor::{Component, Supervisor};
 use writer::{Outputs, WRITE_BATCH};
@@ -172,6 +175,8 @@ pub struct Indexer {
     started: Instant,
     // http: hook
     pub http: Option<crate::http::Endpoint>,
+    /// Runs the drain; last, so dropped after everything it serves.
+    output: OutputThread,
 }
 
 impl Indexer {
@@ -203,6 +208,8 @@ impl Indexer {
                 "no output configured (elasticsearch or file): results are received and dropped"
             );
         }
+        let output = OutputThread::start("es-output")
+            .context("cannot start the Elasticsearch output's thread")?;
         let supervisor = Supervisor::new();
         let (tx, rx) = mpsc::channel::<Item>(QUEUE);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -288,6 +295,7 @@ impl Indexer {
             spool,
             started: Instant::now(),
             http: None, // http: hook
+            output,
         };
         // http: hook
         indexer.http = Some(
@@ -365,7 +373,8 @@ impl Indexer {
         let drain_token = CancellationToken::new();
         let stop = CancellationToken::new();
         let (dt, st) = (drain_token.clone(), stop.clone());
-        let comp = self.supervisor.spawn(
+        let comp = self.supervisor.spawn_on(
+            self.output.handle(),
             "elasticsearch".into(),
             Duration::from_secs(60),
             stop.clone(),
@@ -596,7 +605,9 @@ impl crate::daemon::DaemonSettings for IndexerSettings {
 
 impl crate::daemon::Service for Indexer {
     type Settings = IndexerSettings;
-    const WORKER_THREADS: usize = 2;
+    /// One: intake on this thread, the drain on its own
+    /// ([`output_thread`]), disk I/O on the blocking pool.
+    const WORKER_THREADS: usize = 1;
     const HEARTBEAT_IS_LIVENESS: bool = true;
 
     async fn start(settings: IndexerSettings) -> Result<Self, crate::daemon::StartError> {

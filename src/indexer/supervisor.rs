@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -194,6 +195,23 @@ impl Supervisor {
         name: String,
         max_backoff: Duration,
         cancel: CancellationToken,
+        make: F,
+    ) -> Arc<Component>
+    where
+        F: FnMut(Arc<Component>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.spawn_on(Handle::current(), name, max_backoff, cancel, make)
+    }
+
+    /// [`Supervisor::spawn`], the component's runs on runtime `rt` (the
+    /// supervision itself stays on the caller's).
+    pub fn spawn_on<F, Fut>(
+        &self,
+        rt: Handle,
+        name: String,
+        max_backoff: Duration,
+        cancel: CancellationToken,
         mut make: F,
     ) -> Arc<Component>
     where
@@ -204,7 +222,7 @@ impl Supervisor {
         self.list().push(comp.clone());
         let c = comp.clone();
         self.tasks.spawn(async move {
-            supervise(&c, max_backoff, &cancel, &mut make).await;
+            supervise(&rt, &c, max_backoff, &cancel, &mut make).await;
             c.set_idle(true);
             c.ended.send_replace(true);
         });
@@ -227,6 +245,7 @@ impl Supervisor {
 /// Runs a component until it ends well or is cancelled, restarting it with
 /// backoff after an error or a panic.
 async fn supervise<F, Fut>(
+    rt: &Handle,
     c: &Arc<Component>,
     max_backoff: Duration,
     cancel: &CancellationToken,
@@ -240,7 +259,7 @@ async fn supervise<F, Fut>(
         // Idle until the run says otherwise: it may not have been polled
         // yet when the next liveness check comes.
         c.set_idle(true);
-        let run = tokio::spawn(make(c.clone()));
+        let run = rt.spawn(make(c.clone()));
         let why = match run.await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e,
