@@ -13,9 +13,9 @@
 //! ids; 2xx and 409 (already stored) are done; 429 and 5xx are retried; other
 //! 4xx are written to the [`DeadLetter`] file.
 //!
-//! Modules: [`client`] (HTTP), [`server`] (detection), [`templates`]
-//! (index template and lifecycle policy), [`bulk`] (documents, `_bulk`,
-//! retries), [`dead_letter`].
+//! Private modules: `client` (HTTP), `server` (detection), `templates`
+//! (index template and lifecycle policy), `bulk` (documents, `_bulk`,
+//! retries), `dead_letter`.
 
 mod bulk;
 mod client;

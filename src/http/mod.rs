@@ -142,7 +142,7 @@ impl HttpServer {
         !self.task.is_finished()
     }
 
-    /// Stops accepting, gives open requests [`STOP_TIMEOUT`], then drops
+    /// Stops accepting, gives open requests `STOP_TIMEOUT`, then drops
     /// the rest.
     pub async fn stop(self) {
         self.cancel.cancel();

@@ -218,7 +218,7 @@ impl Schedule {
     }
 
     /// How long sends may be held to go out together (see
-    /// [`ECHOES_PER_TICK`]): the caller wakes at most once per tick for
+    /// `ECHOES_PER_TICK`): the caller wakes at most once per tick for
     /// sends.
     pub fn tick(&self) -> Duration {
         self.tick
