@@ -557,3 +557,37 @@ async fn agent_status_shows_the_indexers_trouble_verdict() {
     agent.signal("TERM");
     agent.wait(10 * SEC).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_status_says_when_the_signed_lists_sequence_cannot_be_kept() {
+    use swarming::watch_sign::{self, SigningKey};
+    let a = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = watch_sign::generate(&dir.path().join("good.key")).unwrap();
+    let key = SigningKey::load(&dir.path().join("good.key")).unwrap();
+    let list = br#"{"targets": ["127.0.0.1"], "version": "v5"}"#;
+    let signed = watch_sign::sign(list, &key, 5).unwrap();
+    publish(a.port, "watch", &signed, true).await;
+    // A non-empty directory where the sequence file goes: writing it
+    // fails, for root too.
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("watch-sequence").join("x")).unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    let extra = format!(
+        "state_dir: {}\nwatch_keys: [\"{public}\"]\n",
+        state.display()
+    );
+    std::fs::write(&cfg, agent_yaml(&[a.addr()], "p", &extra)).unwrap();
+    let mut notify = Notify::bind(dir.path());
+    let mut agent = Daemon::spawn(AGENT, &["-c", cfg.to_str().unwrap()], &[notify.env()]);
+    agent
+        .wait_log(&["cannot keep the watch sequence"], 10 * SEC)
+        .await;
+    let status = notify
+        .expect(&["STATUS=WATCH SEQUENCE NOT KEPT"], 10 * SEC)
+        .await;
+    // The list is run all the same.
+    assert!(status.contains("1 targets"), "{status}");
+    agent.signal("TERM");
+    assert!(agent.wait(10 * SEC).await.success());
+}

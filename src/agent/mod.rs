@@ -11,7 +11,7 @@ pub mod self_check;
 pub mod watch_state;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -40,6 +40,9 @@ pub struct Identity {
 pub struct AgentStats {
     pub watch_rejected: AtomicU64,
     pub targets_rejected: AtomicU64,
+    /// Set while the running signed list's sequence could not be written
+    /// to the state directory (`watch_state`), cleared by the next write.
+    pub sequence_unsaved: Arc<AtomicBool>,
 }
 
 /// The engine's plan for these settings.
@@ -180,7 +183,12 @@ pub fn handle_watch(
         let verified = v.check(payload);
         let after = v.running();
         if let (true, Some((seq, digest))) = (after != before, after) {
-            watch_state::save(scheduler.sequence_file.clone(), seq, digest);
+            watch_state::save(
+                scheduler.sequence_file.clone(),
+                seq,
+                digest,
+                stats.sequence_unsaved.clone(),
+            );
         }
         verified
     };
@@ -638,6 +646,9 @@ pub fn status_line(v: &AgentView, settings: &AgentSettings) -> String {
                 v.since, v.reason
             ));
         }
+    }
+    if v.stats.sequence_unsaved.load(Ordering::Relaxed) {
+        alerts.push_str("WATCH SEQUENCE NOT KEPT (after a restart a replayed older signed list would be accepted; see the log); ");
     }
     if let Some(f) = v.self_check.flagged() {
         alerts.push_str(&format!("PROBABLY ME: {f}; "));

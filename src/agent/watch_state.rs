@@ -8,6 +8,8 @@
 //! agent says so once and accepts the next signed list, as before.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The file's name in the state directory.
 pub const FILE: &str = "watch-sequence";
@@ -42,16 +44,18 @@ pub fn load(file: &Path) -> Option<(u64, String)> {
 }
 
 /// Keeps `sequence` and `digest` in `file`, off the runtime when there is
-/// one; a failure is logged (the agent goes on; only the protection across
-/// restarts is lost).
-pub fn save(file: PathBuf, sequence: u64, digest: String) {
+/// one. A failure is logged and sets `unsaved` (shown in `STATUS=`) until a
+/// later write succeeds: the agent goes on, only the protection across
+/// restarts is lost.
+pub fn save(file: PathBuf, sequence: u64, digest: String, unsaved: Arc<AtomicBool>) {
     let write = move || {
         let tmp = file.with_extension("tmp");
         let done = std::fs::write(&tmp, format!("{sequence} {digest}\n"))
             .and_then(|()| std::fs::rename(&tmp, &file));
-        if let Err(e) = done {
+        if let Err(e) = &done {
             tracing::warn!(path = %file.display(), error = %e, "cannot keep the watch sequence: after a restart, a replayed old signed list would be accepted until the next one");
         }
+        unsaved.store(done.is_err(), Ordering::Relaxed);
     };
     match tokio::runtime::Handle::try_current() {
         Ok(h) => {
@@ -70,11 +74,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = path(dir.path());
         assert_eq!(load(&f), None);
-        save(f.clone(), 42, "00ff".into());
+        let unsaved = Arc::new(AtomicBool::new(false));
+        save(f.clone(), 42, "00ff".into(), unsaved.clone());
         assert_eq!(load(&f), Some((42, "00ff".into())));
+        assert!(!unsaved.load(Ordering::Relaxed));
         for bad in ["", "x 00", "1 zz", "1 00 extra", "18446744073709551616 00"] {
             std::fs::write(&f, bad).unwrap();
             assert_eq!(load(&f), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_failed_write_is_flagged_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = path(dir.path());
+        // A non-empty directory in the file's place: the rename fails,
+        // for root too.
+        std::fs::create_dir_all(f.join("x")).unwrap();
+        let unsaved = Arc::new(AtomicBool::new(false));
+        save(f.clone(), 7, "aa".into(), unsaved.clone());
+        assert!(unsaved.load(Ordering::Relaxed));
+        std::fs::remove_dir_all(&f).unwrap();
+        save(f.clone(), 8, "bb".into(), unsaved.clone());
+        assert!(!unsaved.load(Ordering::Relaxed));
+        assert_eq!(load(&f), Some((8, "bb".into())));
     }
 }
