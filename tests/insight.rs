@@ -60,11 +60,16 @@ fn start_for(dir: &Path, name: &str, brokers: &[String], targets: &[&str]) -> Da
 /// Round `k` of the test's clock: an hour ago plus k intervals, plus a
 /// per-agent phase (agents' slots differ).
 fn round_ts(k: u64, agent: usize) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let base = now - now % 60 - 3600;
+    // Taken once: a base taken per call moved by a minute when a test
+    // crossed a minute boundary, splitting one round in two.
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        now - now % 60 - 3600
+    });
     let at = SystemTime::UNIX_EPOCH
         + Duration::from_secs(base + k * INTERVAL)
         + Duration::from_millis(100 * agent as u64);
