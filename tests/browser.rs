@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::devtools::Browser;
-use common::fixtures::indexer_config;
+use common::fixtures::{indexer_config, run_start};
 use common::mosquitto::Mosquitto;
 use common::mqtt::publish;
 
@@ -44,17 +44,8 @@ fn result(agent: &str, provider: &str, target: &str, round: u32, received: u32) 
 /// Round `round`: an hour ago (whole minute) plus `round` seconds, always
 /// within the window indexers accept.
 fn round_ts(round: u32) -> String {
-    // Taken once: a base taken per call moves by a minute when the test
-    // crosses a minute boundary.
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        now - now % 60 - 3600
-    });
-    let at = std::time::UNIX_EPOCH + Duration::from_secs(base + u64::from(round));
+    let now = run_start();
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(now - now % 60 - 3600 + u64::from(round));
     humantime::format_rfc3339_millis(at).to_string()
 }
 

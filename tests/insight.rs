@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::daemon::Daemon;
-use common::fixtures::indexer_config;
+use common::fixtures::{indexer_config, run_start};
 use common::mosquitto::Mosquitto;
 use common::mqtt::{publish, Collector, Received};
 
@@ -60,16 +60,8 @@ fn start_for(dir: &Path, name: &str, brokers: &[String], targets: &[&str]) -> Da
 /// Round `k` of the test's clock: an hour ago plus k intervals, plus a
 /// per-agent phase (agents' slots differ).
 fn round_ts(k: u64, agent: usize) -> String {
-    // Taken once: a base taken per call moved by a minute when a test
-    // crossed a minute boundary, splitting one round in two.
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(|| {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        now - now % 60 - 3600
-    });
+    let now = run_start();
+    let base = now - now % 60 - 3600;
     let at = SystemTime::UNIX_EPOCH
         + Duration::from_secs(base + k * INTERVAL)
         + Duration::from_millis(100 * agent as u64);

@@ -356,52 +356,67 @@ async fn an_indexer_and_two_agents_run_over_mutual_tls() {
     }
     // Results of both agents for both targets reach the indexer's file.
     let file = dir.path().join("results.ndjson");
-    let deadline = tokio::time::Instant::now() + 20 * SEC;
-    loop {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        let have = |agent: &str, target: &str| {
-            text.lines().any(|l| {
-                l.contains(&format!("\"{agent}\"")) && l.contains(&format!("\"{target}\""))
-            })
-        };
-        if ["probe-1", "probe-2"]
-            .iter()
-            .all(|a| have(a, "127.0.0.1") && have(a, "127.0.0.2"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "missing results; file:\n{text}"
-        );
-        idx.wait_log(&["documents written"], 10 * SEC).await;
-        idx.log.clear();
-    }
+    wait_file(
+        &mut idx,
+        &file,
+        "results of both agents for both targets",
+        20 * SEC,
+        |text| {
+            let have = |agent: &str, target: &str| {
+                text.lines().any(|l| {
+                    l.contains(&format!("\"{agent}\"")) && l.contains(&format!("\"{target}\""))
+                })
+            };
+            ["probe-1", "probe-2"]
+                .iter()
+                .all(|a| have(a, "127.0.0.1") && have(a, "127.0.0.2"))
+        },
+    )
+    .await;
     // A clean stop: the notice goes through the ACL (rip/agent/<own CN>).
     let (mut a, _d) = agents.remove(0);
     a.signal("TERM");
     assert!(a.wait(10 * SEC).await.success());
     // Its document, not its log line: the indexer logs at most one notice
     // a second, and probe-2's arrival may just have taken that second.
-    let deadline = tokio::time::Instant::now() + 10 * SEC;
-    loop {
-        let mark = idx.mark();
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        if text.contains("agent probe-1 shut down") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no shutdown notice of probe-1; file:\n{text}"
-        );
-        idx.wait_log_after(mark, &["documents written"], 10 * SEC)
-            .await;
-    }
+    wait_file(
+        &mut idx,
+        &file,
+        "probe-1's shutdown notice",
+        10 * SEC,
+        |text| text.contains("agent probe-1 shut down"),
+    )
+    .await;
     for (a, _) in &agents {
         a.signal("TERM");
     }
     idx.signal("TERM");
     assert!(idx.wait(15 * SEC).await.success());
+}
+
+/// Waits until the indexer's file output satisfies `done`, reading it
+/// again after each batch the indexer (run with `-v`) writes.
+async fn wait_file(
+    idx: &mut Daemon,
+    file: &Path,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&str) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mark = idx.mark();
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if done(&text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} not in the file:\n{text}"
+        );
+        idx.wait_log_after(mark, &["documents written"], 10 * SEC)
+            .await;
+    }
 }
 
 fn signed(key: &SigningKey, targets: &[&str], sequence: u64) -> Vec<u8> {

@@ -39,13 +39,24 @@ pub fn result_json(agent: &str, target: &str, ts: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The tests' clock: Unix seconds when this test binary first asked. Read
+/// once, so that timestamps built from it (an hour ago on a whole minute,
+/// yesterday at 10:00) do not move when a test crosses a minute or a day
+/// boundary, which split rounds of results in two.
+pub fn run_start() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    })
+}
+
 /// A result timestamp `minutes` after 10:00 UTC yesterday: in the past,
 /// and well within the month indexers accept.
 pub fn ts(minutes: u32) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let now = run_start();
     let yesterday_10h = now - now % 86_400 - 86_400 + 10 * 3600;
     let at = std::time::UNIX_EPOCH
         + std::time::Duration::from_secs(yesterday_10h + u64::from(minutes) * 60);
