@@ -10,7 +10,8 @@
 #   3. the agent's journal has native entries with structured fields; the
 #      STATUS= text shows in systemctl status; WATCHDOG=1 keeps coming; a
 #      wedged (SIGSTOPped) indexer is killed by the watchdog and restarted
-#   4. both run as swarming; CapEff 0x2000 (agent) and 0 (indexer)
+#   4. both run as swarming; CapEff 0x2000 (agent) and 0 (indexer); the
+#      indexer's threads under SCHED_BATCH
 #   5. a bad edit + reload: still active, error in journal and status
 #   6. stop: Result=success, ExecMainStatus=0; reinstall (upgrade path)
 #      restarts; remove keeps conffiles; purge leaves no trace
@@ -440,6 +441,15 @@ caps() {   # UNIT EXPECTED-CAPEFF (the unit runs as the user named like it)
 }
 caps swarming-agent 0000000000002000
 caps swarming-indexer 0000000000000000
+# Every thread of the indexer under SCHED_BATCH (policy 3, field 41 of
+# /proc/PID/task/TID/stat), as its unit asks.
+pid=$(main_pid swarming-indexer)
+s=$(sh_ct "for t in /proc/$pid/task/*; do cut -d')' -f2- \$t/stat | awk '{print \$39}'; done | sort | uniq -c" 2>&1)
+if [ "${pid:-0}" != 0 ] && echo "$s" | grep -qE '^ *[0-9]+ 3$' && [ "$(echo "$s" | wc -l)" = 1 ]; then
+	ok "every thread of swarming-indexer ($(echo "$s" | awk '{print $1}') now) runs under SCHED_BATCH"
+else
+	fail "every thread of swarming-indexer under SCHED_BATCH (policy 3)" "pid $pid: $(echo "$s" | tr '\n' ' ')"
+fi
 
 # ---------------------------------------------------------------- step 5
 step=5

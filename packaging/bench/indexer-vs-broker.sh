@@ -22,11 +22,14 @@
 # indexer runs on a host of its own (unpinned, an unpaced burst keeps both
 # cores busy, and every microsecond the consumer spends is taken from the
 # broker and publishers feeding it).
+#
+# The indexer runs under SCHED_BATCH (`chrt -b 0`), as its systemd unit
+# runs it (CPUSchedulingPolicy=batch); mosquitto_sub as a user runs it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-6}
-for p in mosquitto mosquitto_sub mosquitto_pub python3 curl; do
-    command -v $p >/dev/null || { echo "needs $p (apt-get install mosquitto mosquitto-clients python3 curl)"; exit 1; }
+for p in mosquitto mosquitto_sub mosquitto_pub python3 curl chrt; do
+    command -v $p >/dev/null || { echo "needs $p (apt-get install mosquitto mosquitto-clients python3 curl util-linux)"; exit 1; }
 done
 cargo build --release --quiet --bin swarming-indexer --example es_standin
 work=$(mktemp -d); chmod 755 "$work"
@@ -172,7 +175,7 @@ state_dir: $work/state
 elasticsearch: {url: "http://127.0.0.1:$esport", flush_interval: 200ms}
 log: {level: warn}
 YAML
-    "${consumer[@]}" target/release/swarming-indexer -c "$work/indexer.yaml" --log stderr 2>>"$work/indexer.log" & ipid=$!; pids+=($ipid)
+    "${consumer[@]}" chrt -b 0 target/release/swarming-indexer -c "$work/indexer.yaml" --log stderr 2>>"$work/indexer.log" & ipid=$!; pids+=($ipid)
     sleep 1
     m0=$(ticks $mpid); i0=$(ticks $ipid); e0=$(ticks $espid)
     t0=$(date +%s.%N)
