@@ -277,6 +277,41 @@ fn a_silent_agent_is_lost_and_a_notice_is_final() {
 }
 
 #[test]
+fn agents_back_after_their_notice_count_again() {
+    let mut c = calm();
+    let up = |n| (TargetState::Up, Cause::None, None, 0, n);
+    c.notice("a2", Notice::Stopped, T0 + 10_000);
+    c.notice("a3", Notice::Lost, T0 + 10_000);
+    assert_eq!(
+        target(&c, "t1"),
+        up(2),
+        "agents under a notice do not count"
+    );
+    // a2 is back, a3 still gone: only a3 is left out.
+    play_as(
+        &mut c,
+        11,
+        13,
+        fine,
+        &[AGENTS[0], AGENTS[1], AGENTS[3]],
+        false,
+    );
+    assert_eq!(agent(&c, "a2"), AgentState::Ok);
+    assert_eq!(agent(&c, "a3"), AgentState::Lost);
+    for t in TARGETS {
+        assert_eq!(target(&c, t), up(3), "{t}");
+    }
+    // Everyone back: every view counts again.
+    play(&mut c, 13, 15, fine);
+    for t in TARGETS {
+        assert_eq!(target(&c, t), up(4), "{t}");
+    }
+    // And a notice after that still takes effect.
+    c.notice("a4", Notice::Stopped, T0 + 20_000);
+    assert_eq!(target(&c, "t2"), up(3));
+}
+
+#[test]
 fn two_indexers_seeing_results_in_other_orders_agree() {
     let mut a = calm();
     let mut b = calm();

@@ -140,6 +140,10 @@ struct Pair {
     /// First round of the settled streak.
     settled_since_ms: i64,
     baseline: Baseline,
+    /// The agent's `provider` label as of its latest round on this target.
+    /// Why a copy: judging a target reads it for every agent, and looking
+    /// each agent up instead cost most of the time of an outage.
+    provider: Option<String>,
 }
 
 /// A candidate state waiting for its confirming rounds.
@@ -189,7 +193,6 @@ struct TargetEntry {
 
 #[derive(Debug)]
 struct AgentEntry {
-    provider: Option<String>,
     last_ms: i64,
     interval_ms: i64,
     notice: Option<(Notice, i64)>,
@@ -204,6 +207,9 @@ pub struct Correlator {
     agents: BTreeMap<String, AgentEntry>,
     /// Newest round seen, ms since the epoch: the clock of expiry.
     newest_ms: i64,
+    /// Agents whose `notice` is set. Why kept: while it is 0 (the usual
+    /// case) judging a target needs no lookup of each reporting agent.
+    noticed: usize,
     changes: Vec<Change>,
 }
 
@@ -216,12 +222,38 @@ pub fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn provider_key(agent: &str, provider: Option<&str>) -> String {
-    // An agent without a provider label is a provider of its own.
-    match provider {
-        Some(p) => format!("p:{p}"),
-        None => format!("a:{agent}"),
+/// Whose network a view comes from: its `provider` label, or, without
+/// one, the agent itself (a provider of its own). Borrowed: building one
+/// per agent per result must not allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ProviderKey<'a> {
+    Label(&'a str),
+    Agent(&'a str),
+}
+
+impl<'a> ProviderKey<'a> {
+    fn of(agent: &'a str, provider: Option<&'a str>) -> Self {
+        match provider {
+            Some(p) => ProviderKey::Label(p),
+            None => ProviderKey::Agent(agent),
+        }
     }
+}
+
+/// Whether `agent`'s view `p` counts at `at_ms`: fresh (within three of
+/// its intervals) and its agent not gone (no lost or stopped notice;
+/// `noticed` agents have one, so at 0 nobody needs looking up).
+fn reports(
+    agents: &BTreeMap<String, AgentEntry>,
+    noticed: usize,
+    agent: &str,
+    p: &Pair,
+    at_ms: i64,
+) -> bool {
+    p.at_ms
+        .saturating_add(SILENT_INTERVALS.saturating_mul(p.interval_ms))
+        >= at_ms
+        && (noticed == 0 || agents.get(agent).is_some_and(|ag| ag.notice.is_none()))
 }
 
 fn severity(s: RoundState) -> u8 {
@@ -301,16 +333,27 @@ impl Correlator {
     pub fn observe(&mut self, o: &Observation) -> Option<Classified> {
         let interval_ms = o.interval_ms.max(1);
         let entry = self.targets.get_mut(o.target)?;
-        let pair = entry.pairs.entry(o.agent.to_owned()).or_insert(Pair {
-            state: RoundState::Up,
-            at_ms: i64::MIN,
-            interval_ms,
-            streak_since_ms: o.at_ms,
-            streak_rounds: 0,
-            settled_bad: false,
-            settled_since_ms: o.at_ms,
-            baseline: Baseline::default(),
-        });
+        // Why not entry(): it would allocate the name for every result.
+        if !entry.pairs.contains_key(o.agent) {
+            entry.pairs.insert(
+                o.agent.to_owned(),
+                Pair {
+                    state: RoundState::Up,
+                    at_ms: i64::MIN,
+                    interval_ms,
+                    streak_since_ms: o.at_ms,
+                    streak_rounds: 0,
+                    settled_bad: false,
+                    settled_since_ms: o.at_ms,
+                    baseline: Baseline::default(),
+                    provider: None,
+                },
+            );
+        }
+        let pair = entry.pairs.get_mut(o.agent)?;
+        if pair.provider.as_deref() != o.provider {
+            pair.provider = o.provider.map(str::to_owned);
+        }
         let secs = o.at_ms.div_euclid(1000);
         let baseline_ms = pair.baseline.median(secs);
         let state = entry
@@ -372,6 +415,9 @@ impl Correlator {
             Notice::Lost => a.last_ms.saturating_add(a.interval_ms),
             Notice::Stopped => a.last_ms,
         };
+        if a.notice.is_none() {
+            self.noticed += 1;
+        }
         a.notice = Some((notice, since));
         self.judge_agent_at(agent, self.newest_ms, AgentView::default());
         // Its views no longer count for the targets.
@@ -436,7 +482,6 @@ impl Correlator {
             self.agents.insert(
                 o.agent.to_owned(),
                 AgentEntry {
-                    provider: None,
                     last_ms: o.at_ms,
                     interval_ms,
                     notice: None,
@@ -447,11 +492,11 @@ impl Correlator {
         let Some(a) = self.agents.get_mut(o.agent) else {
             return;
         };
-        a.provider = o.provider.map(str::to_owned);
         a.last_ms = a.last_ms.max(o.at_ms);
         a.interval_ms = interval_ms;
         if a.notice.is_some_and(|(_, at)| o.at_ms > at) {
             a.notice = None;
+            self.noticed = self.noticed.saturating_sub(1);
         }
     }
 
@@ -465,7 +510,13 @@ impl Correlator {
         else {
             return;
         };
-        self.agents.remove(&victim);
+        if self
+            .agents
+            .remove(&victim)
+            .is_some_and(|a| a.notice.is_some())
+        {
+            self.noticed = self.noticed.saturating_sub(1);
+        }
         for e in self.targets.values_mut() {
             e.pairs.remove(&victim);
         }
@@ -489,15 +540,7 @@ impl Correlator {
     fn reporting<'a>(&'a self, e: &'a TargetEntry, at_ms: i64) -> Vec<(&'a str, &'a Pair)> {
         e.pairs
             .iter()
-            .filter(|(a, p)| {
-                p.at_ms
-                    .saturating_add(SILENT_INTERVALS.saturating_mul(p.interval_ms))
-                    >= at_ms
-                    && self
-                        .agents
-                        .get(a.as_str())
-                        .is_some_and(|ag| ag.notice.is_none())
-            })
+            .filter(|(a, p)| reports(&self.agents, self.noticed, a, p, at_ms))
             .map(|(a, p)| (a.as_str(), p))
             .collect()
     }
@@ -510,36 +553,45 @@ impl Correlator {
         let Some(e) = self.targets.get(target) else {
             return;
         };
-        let reporting = self.reporting(e, at_ms);
-        let total = reporting.len();
-        let bad: Vec<(&str, &Pair)> = reporting
-            .iter()
-            .filter(|(_, p)| p.state.is_bad())
-            .copied()
-            .collect();
-        let provider_of = |a: &str| {
-            self.agents
-                .get(a)
-                .and_then(|ag| ag.provider.as_deref())
-                .map(str::to_owned)
-        };
-        let all_providers: BTreeSet<String> = reporting
-            .iter()
-            .map(|(a, _)| provider_key(a, provider_of(a).as_deref()))
-            .collect();
-        let bad_providers: BTreeSet<String> = bad
-            .iter()
-            .map(|(a, _)| provider_key(a, provider_of(a).as_deref()))
-            .collect();
+        let (agents, noticed) = (&self.agents, self.noticed);
+        // One pass without allocating: this runs for every result, over
+        // every agent of the target, and most of the time all are up.
+        let mut total = 0usize;
+        let mut newest_streak = at_ms;
+        let mut bad: Vec<(&str, &Pair)> = Vec::new();
+        for (a, p) in &e.pairs {
+            if !reports(agents, noticed, a, p, at_ms) {
+                continue;
+            }
+            newest_streak = if total == 0 {
+                p.streak_since_ms
+            } else {
+                newest_streak.max(p.streak_since_ms)
+            };
+            total += 1;
+            if p.state.is_bad() {
+                bad.push((a, p));
+            }
+        }
+        // Providers of the reporting agents, and of those seeing it bad: one
+        // lookup per agent, only when someone sees it bad.
+        let mut all_providers: BTreeSet<ProviderKey<'_>> = BTreeSet::new();
+        let mut bad_providers: BTreeSet<ProviderKey<'_>> = BTreeSet::new();
+        if !bad.is_empty() {
+            for (a, p) in &e.pairs {
+                if reports(agents, noticed, a, p, at_ms) {
+                    let k = ProviderKey::of(a, p.provider.as_deref());
+                    if p.state.is_bad() {
+                        bad_providers.insert(k);
+                    }
+                    all_providers.insert(k);
+                }
+            }
+        }
         let (key, since_ms): (TargetKey, i64) = if total == 0 {
             ((TargetState::Unknown, Cause::None, None), at_ms)
         } else if bad.is_empty() {
-            let since = reporting
-                .iter()
-                .map(|(_, p)| p.streak_since_ms)
-                .max()
-                .unwrap_or(at_ms);
-            ((TargetState::Up, Cause::None, None), since)
+            ((TargetState::Up, Cause::None, None), newest_streak)
         } else {
             let mut counts: BTreeMap<RoundState, usize> = BTreeMap::new();
             for (_, p) in &bad {
@@ -558,15 +610,16 @@ impl Correlator {
                 .unwrap_or(at_ms);
             let single_bad_provider = bad_providers.len() == 1
                 && bad.len() >= 2
-                && bad_providers.iter().all(|k| k.starts_with("p:"));
+                && bad_providers
+                    .iter()
+                    .all(|k| matches!(k, ProviderKey::Label(_)));
             let cause = if majority && (all_providers.len() <= 1 || bad_providers.len() > 1) {
                 (Cause::Target, None)
             } else if single_bad_provider {
-                let p = bad_providers
-                    .iter()
-                    .next()
-                    .and_then(|k| k.strip_prefix("p:"))
-                    .map(str::to_owned);
+                let p = bad_providers.iter().next().and_then(|k| match k {
+                    ProviderKey::Label(p) => Some((*p).to_owned()),
+                    ProviderKey::Agent(_) => None,
+                });
                 (Cause::Provider, p)
             } else {
                 (Cause::Agent, None)
@@ -578,11 +631,22 @@ impl Correlator {
             u32::try_from(total).unwrap_or(u32::MAX),
             u32::try_from(bad_providers.len()).unwrap_or(u32::MAX),
         );
-        let needed: BTreeSet<String> = reporting.iter().map(|(a, _)| (*a).to_owned()).collect();
+        drop((all_providers, bad_providers, bad));
         let confirm = self.settings.confirm_rounds;
 
-        let Some(e) = self.targets.get_mut(target) else {
+        let Correlator {
+            targets, changes, ..
+        } = self;
+        let Some(e) = targets.get_mut(target) else {
             return;
+        };
+        // Who reports now (names, owned): only for a new candidate.
+        let reporting_now = |pairs: &BTreeMap<String, Pair>| -> BTreeSet<String> {
+            pairs
+                .iter()
+                .filter(|(a, p)| reports(agents, noticed, a, p, at_ms))
+                .map(|(a, _)| a.clone())
+                .collect()
         };
         let current: TargetKey = (
             e.published.state,
@@ -596,16 +660,22 @@ impl Correlator {
             // Silence for three intervals is its own confirmation.
             true
         } else {
-            match &mut e.pending {
+            let TargetEntry { pairs, pending, .. } = e;
+            match pending {
                 Some(p) if p.key == key => match reporter {
-                    Some(r) => {
-                        let still = needed;
-                        p.report(r, |a| still.contains(a), confirm)
-                    }
+                    Some(r) => p.report(
+                        r,
+                        |a| {
+                            pairs
+                                .get(a)
+                                .is_some_and(|pair| reports(agents, noticed, a, pair, at_ms))
+                        },
+                        confirm,
+                    ),
                     None => false,
                 },
                 _ => {
-                    e.pending = Some(Pending::new(key.clone(), needed));
+                    *pending = Some(Pending::new(key.clone(), reporting_now(pairs)));
                     confirm == 0
                 }
             }
@@ -626,7 +696,7 @@ impl Correlator {
         }
         if v != e.published {
             e.published = v.clone();
-            self.changes.push(Change::Target {
+            changes.push(Change::Target {
                 verdict: v,
                 transition: adopt,
             });
@@ -706,7 +776,13 @@ impl Correlator {
             let total = reporting.len();
             let up = reporting.iter().filter(|(_, p)| !p.settled_bad).count();
             for (agent, mine) in &reporting {
-                let v = views.entry((*agent).to_owned()).or_default();
+                // Why not entry(): it would allocate the name for every pair.
+                if !views.contains_key(*agent) {
+                    views.insert((*agent).to_owned(), AgentView::default());
+                }
+                let Some(v) = views.get_mut(*agent) else {
+                    continue;
+                };
                 v.round += 1;
                 let peers = total - 1;
                 if peers == 0 {

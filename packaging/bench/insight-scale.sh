@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# How judging results ("is it me or the target?") scales with the swarm:
+# CPU per result and per once-a-second tick of the indexer's correlator,
+# for the same number of (agent, target) pairs with 1, 10, 100, ... agents
+# per target, every target up and then every target down for everyone.
+# The ratio column is against the first row (one agent per target). No
+# network, no disk: examples/insight_scale.rs feeds the correlator
+# directly. Prints figures; asserts nothing.
+#
+#   packaging/bench/insight-scale.sh [PAIRS]     (default 10000)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --quiet --example insight_scale
+target/release/examples/insight_scale "$@"
