@@ -10,7 +10,8 @@
 //! list), and prints CPU per result (µs), its ratio to the first row (one
 //! agent per target, the anchor), and the time of one tick (ms).
 //!
-//! Usage: cargo run --release --example insight_scale [PAIRS]   (default 10000)
+//! Usage: cargo run --release --example insight_scale [PAIRS [MOST]]
+//! (default 10000 pairs, up to 10000 agents per target)
 
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -71,13 +72,14 @@ fn run(agents: usize, targets: usize, received: u32) -> Run {
 }
 
 fn main() -> ExitCode {
-    let pairs: usize = match std::env::args().nth(1).map(|a| a.parse()) {
-        None => 10_000,
-        Some(Ok(n)) if n >= 1 => n,
-        Some(_) => {
-            eprintln!("usage: insight_scale [PAIRS (a positive number)]");
-            return ExitCode::from(64);
-        }
+    let arg = |i: usize, default: usize| match std::env::args().nth(i).map(|a| a.parse()) {
+        None => Some(default),
+        Some(Ok(n)) if n >= 1 => Some(n),
+        Some(_) => None,
+    };
+    let (Some(pairs), Some(most)) = (arg(1, 10_000), arg(2, usize::MAX)) else {
+        eprintln!("usage: insight_scale [PAIRS [MOST AGENTS PER TARGET]] (positive numbers)");
+        return ExitCode::from(64);
     };
     println!(
         "{:>8} {:>8} {:>10} | {:>10} {:>6} {:>9} | {:>10} {:>6} {:>9}",
@@ -93,7 +95,7 @@ fn main() -> ExitCode {
     );
     let mut anchor: Option<(f64, f64)> = None;
     let mut per_target = 1;
-    while per_target <= pairs {
+    while per_target <= pairs.min(most) {
         let (agents, targets) = (per_target, pairs / per_target);
         let up = run(agents, targets, 5);
         let down = run(agents, targets, 0);
@@ -110,7 +112,7 @@ fn main() -> ExitCode {
             down.per_result_us / ad,
             down.tick_ms
         );
-        per_target *= 10;
+        per_target = per_target.saturating_mul(10);
     }
     ExitCode::SUCCESS
 }

@@ -7,7 +7,8 @@
 # network, no disk: examples/insight_scale.rs feeds the correlator
 # directly. Prints figures; asserts nothing.
 #
-#   packaging/bench/insight-scale.sh [PAIRS]     (default 10000)
+#   packaging/bench/insight-scale.sh [PAIRS [MOST]]   (default 10000 pairs,
+#   and up to MOST agents per target, default all of them)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --quiet --example insight_scale

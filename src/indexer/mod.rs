@@ -87,28 +87,55 @@ fn published_watch(settings: &IndexerSettings) -> Vec<u8> {
     })
 }
 
-/// Once a second: wills whose grace is over are judged, the correlator
-/// ticks (silent agents expire), the verdict book is updated for the
-/// sessions to publish, and the documents of both are handed to the writer
-/// (which never waits on us: no cycle).
+/// Pause between two insight ticks (s), unless a tick takes long.
+const INSIGHT_TICK: Duration = Duration::from_secs(1);
+/// A tick that took `spent` is followed by at least `spent` times this.
+const INSIGHT_PAUSE_PER_TICK: u32 = 20;
+/// Longest pause (s): verdicts and expiry still come within a minute.
+const INSIGHT_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// The pause after a tick that took `spent`. Why not always a second: a
+/// tick holds the correlator, which every result of a listed target needs
+/// on the intake thread, for a time that grows with agents x targets
+/// (about 20 ms at 100,000 pairs, `packaging/bench/insight-scale.sh`), so
+/// ticks may take at most a twenty-first of that thread (up to ticks of
+/// 3 s, when the pause stops growing).
+fn insight_pause(spent: Duration) -> Duration {
+    INSIGHT_TICK
+        .max(spent.saturating_mul(INSIGHT_PAUSE_PER_TICK))
+        .min(INSIGHT_PAUSE_MAX)
+}
+
+/// About once a second: wills whose grace is over are judged, the
+/// correlator ticks (silent agents expire), the verdict book is updated for
+/// the sessions to publish, and the documents of both are handed to the
+/// writer (which never waits on us: no cycle).
 async fn run_insight(
     intake: Arc<Intake>,
     writer: mpsc::Sender<Item>,
     comp: Arc<Component>,
     cancel: CancellationToken,
 ) -> Result<(), String> {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pause = INSIGHT_TICK;
     loop {
         comp.set_idle(true);
         tokio::select! {
-            _ = every.tick() => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = cancel.cancelled() => return Ok(()),
         }
         comp.set_idle(false);
+        let started = Instant::now();
         let now = std::time::SystemTime::now();
         let mut docs = intake.settle_wills(now);
         docs.extend(intake.insight.tick(now));
+        pause = insight_pause(started.elapsed());
+        if pause > INSIGHT_TICK {
+            tracing::debug!(
+                tick_ms = started.elapsed().as_millis() as u64,
+                pause_ms = pause.as_millis() as u64,
+                "insight tick took long: pausing longer"
+            );
+        }
         comp.progress();
         for doc in docs {
             comp.set_idle(true);
@@ -639,6 +666,19 @@ impl crate::daemon::Service for Indexer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_insight_tick_takes_at_most_a_twenty_first_of_its_thread() {
+        assert_eq!(insight_pause(Duration::ZERO), INSIGHT_TICK);
+        assert_eq!(insight_pause(Duration::from_millis(20)), INSIGHT_TICK);
+        let spent = Duration::from_millis(300);
+        let pause = insight_pause(spent);
+        assert_eq!(pause, Duration::from_secs(6));
+        assert!(spent.as_secs_f64() / (spent + pause).as_secs_f64() <= 1.0 / 21.0 + 1e-9);
+        // Verdicts still come within a minute, and nothing overflows.
+        assert_eq!(insight_pause(Duration::from_secs(10)), INSIGHT_PAUSE_MAX);
+        assert_eq!(insight_pause(Duration::MAX), INSIGHT_PAUSE_MAX);
+    }
 
     #[test]
     fn watch_payload_version_follows_the_list() {
