@@ -1,14 +1,17 @@
 //! How judging results scales with the swarm (`packaging/bench/insight-scale.sh`).
 //!
-//! The indexer judges every result of a listed target against the views of
-//! every other agent reporting on that target, and once a second re-judges
-//! every agent and target (`run_insight`'s tick), both under one lock on
-//! the intake thread. This feeds the correlator rounds of synthetic results
+//! The indexer judges a result of a listed target that changes its agent's
+//! view (or comes while a candidate verdict is being confirmed) against
+//! the views of every agent reporting on that target, and about once a
+//! second re-judges every agent and target (`run_insight`'s tick), both
+//! under one lock on the intake thread. This feeds the correlator rounds of synthetic results
 //! (no network, no disk) for swarms of the same number of (agent, target)
-//! pairs but more and more agents per target, once with every target up
-//! and once with every target down for everyone (an outage of the whole
-//! list), and prints CPU per result (µs), its ratio to the first row (one
-//! agent per target, the anchor), and the time of one tick (ms).
+//! pairs but more and more agents per target: a steady round (all up, as
+//! before), the round in which every target goes down for everyone (every
+//! view changes), and the round after (a candidate verdict is being
+//! confirmed). It prints CPU per result (µs) of each, its ratio to the
+//! first row (one agent per target, the anchor), and the time of one tick
+//! (ms).
 //!
 //! Usage: cargo run --release --example insight_scale [PAIRS [MOST]]
 //! (default 10000 pairs, up to 10000 agents per target)
@@ -24,22 +27,31 @@ const WARM_ROUNDS: i64 = 2;
 const INTERVAL_MS: i64 = 60_000;
 
 struct Run {
-    per_result_us: f64,
+    /// A round that changes no view (all up, as before).
+    steady_us: f64,
+    /// The round in which every target goes down for everyone.
+    onset_us: f64,
+    /// The rounds after it (down, a candidate verdict being confirmed).
+    confirm_us: f64,
     tick_ms: f64,
 }
 
-fn run(agents: usize, targets: usize, received: u32) -> Run {
+fn run(agents: usize, targets: usize) -> Run {
     let mut c = Correlator::new(Settings::default());
     let list: Vec<(String, Option<Levels>)> = (0..targets)
         .map(|t| (format!("10.{}.{}.1", t / 256, t % 256), None))
         .collect();
     c.set_targets(&list);
     let names: Vec<String> = (0..agents).map(|a| format!("probe-{a}")).collect();
+    let rounds = WARM_ROUNDS + 3;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-    let first = now_ms - (WARM_ROUNDS + 1) * INTERVAL_MS;
-    let play = |c: &mut Correlator, round: i64| {
+    let first = now_ms - rounds * INTERVAL_MS;
+    let results = (agents * targets) as f64;
+    // Plays one round; returns its CPU per result (us).
+    let play = |c: &mut Correlator, round: i64, received: u32| {
+        let t = Instant::now();
         for (i, a) in names.iter().enumerate() {
             for (t, _) in &list {
                 c.observe(&Observation {
@@ -54,19 +66,23 @@ fn run(agents: usize, targets: usize, received: u32) -> Run {
                 });
             }
         }
+        let us = t.elapsed().as_secs_f64() * 1e6 / results;
         c.take_changes();
+        us
     };
     for round in 0..WARM_ROUNDS {
-        play(&mut c, round);
+        play(&mut c, round, 5);
     }
-    let t = Instant::now();
-    play(&mut c, WARM_ROUNDS);
-    let per_result_us = t.elapsed().as_secs_f64() * 1e6 / (agents * targets) as f64;
+    let steady_us = play(&mut c, WARM_ROUNDS, 5);
+    let onset_us = play(&mut c, WARM_ROUNDS + 1, 0);
+    let confirm_us = play(&mut c, WARM_ROUNDS + 2, 0);
     let t = Instant::now();
     c.tick(SystemTime::now());
     let tick_ms = t.elapsed().as_secs_f64() * 1e3;
     Run {
-        per_result_us,
+        steady_us,
+        onset_us,
+        confirm_us,
         tick_ms,
     }
 }
@@ -82,35 +98,34 @@ fn main() -> ExitCode {
         return ExitCode::from(64);
     };
     println!(
-        "{:>8} {:>8} {:>10} | {:>10} {:>6} {:>9} | {:>10} {:>6} {:>9}",
+        "{:>8} {:>8} | {:>9} {:>6} | {:>9} {:>6} | {:>10} {:>6} | {:>8}",
         "agents",
         "targets",
-        "per target",
-        "up: us/res",
+        "steady us",
         "ratio",
-        "tick ms",
-        "down: us",
+        "onset us",
+        "ratio",
+        "confirm us",
         "ratio",
         "tick ms"
     );
-    let mut anchor: Option<(f64, f64)> = None;
+    let mut anchor: Option<(f64, f64, f64)> = None;
     let mut per_target = 1;
     while per_target <= pairs.min(most) {
         let (agents, targets) = (per_target, pairs / per_target);
-        let up = run(agents, targets, 5);
-        let down = run(agents, targets, 0);
-        let (au, ad) = *anchor.get_or_insert((up.per_result_us, down.per_result_us));
+        let r = run(agents, targets);
+        let (a_s, a_o, a_c) = *anchor.get_or_insert((r.steady_us, r.onset_us, r.confirm_us));
         println!(
-            "{:>8} {:>8} {:>10} | {:>10.2} {:>6.1} {:>9.1} | {:>10.2} {:>6.1} {:>9.1}",
+            "{:>8} {:>8} | {:>9.2} {:>6.1} | {:>9.2} {:>6.1} | {:>10.2} {:>6.1} | {:>8.1}",
             agents,
             targets,
-            agents,
-            up.per_result_us,
-            up.per_result_us / au,
-            up.tick_ms,
-            down.per_result_us,
-            down.per_result_us / ad,
-            down.tick_ms
+            r.steady_us,
+            r.steady_us / a_s,
+            r.onset_us,
+            r.onset_us / a_o,
+            r.confirm_us,
+            r.confirm_us / a_c,
+            r.tick_ms
         );
         per_target = per_target.saturating_mul(10);
     }

@@ -41,15 +41,17 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user+system, 1/100 s
 hz=$(getconf CLK_TCK)
 
 # Results with recent timestamps (the indexer refuses those older than 30
-# days), distinct ids: agent bench-<file>-<i % 50>, one ms apart.
+# days), distinct ids: agent bench-<file>-<i % 50>, one ms apart and in
+# order, so that each is a new round of its agent and is correlated with
+# its peers' views of the target (a late round is only classified).
 gen() { # gen FILE COUNT TAG
     python3 - "$1" "$2" "$3" <<'PY'
 import sys, time, datetime
 path, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-now = time.time() - 60
+start = time.time() - 60 - n / 1000
 with open(path, "w") as f:
     for i in range(n):
-        t = datetime.datetime.fromtimestamp(now - i / 1000, datetime.timezone.utc)
+        t = datetime.datetime.fromtimestamp(start + i / 1000, datetime.timezone.utc)
         ts = t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.microsecond // 1000)
         f.write('{"agent":"bench-%s-%d","labels":{"provider":"x","location":"Lab"},"target":"127.0.0.1","addr":"127.0.0.1","timestamp":"%s","interval":60.0,"sent":5,"received":5,"rtt":{"min":0.04,"avg":0.05,"max":0.06,"stddev":0.01},"rtts":[0.04,0.05,0.06,0.05,0.05]}\n' % (tag, i % 50, ts))
 PY

@@ -97,7 +97,7 @@ const INSIGHT_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// The pause after a tick that took `spent`. Why not always a second: a
 /// tick holds the correlator, which every result of a listed target needs
 /// on the intake thread, for a time that grows with agents x targets
-/// (about 20 ms at 100,000 pairs, `packaging/bench/insight-scale.sh`), so
+/// (10 to 15 ms at 100,000 pairs, `packaging/bench/insight-scale.sh`), so
 /// ticks may take at most a twenty-first of that thread (up to ticks of
 /// 3 s, when the pause stops growing).
 fn insight_pause(spent: Duration) -> Duration {

@@ -250,10 +250,15 @@ fn reports(
     p: &Pair,
     at_ms: i64,
 ) -> bool {
+    fresh(p, at_ms) && (noticed == 0 || agents.get(agent).is_some_and(|ag| ag.notice.is_none()))
+}
+
+/// Whether view `p` is recent enough to count at `at_ms` (within three of
+/// its agent's intervals).
+fn fresh(p: &Pair, at_ms: i64) -> bool {
     p.at_ms
         .saturating_add(SILENT_INTERVALS.saturating_mul(p.interval_ms))
         >= at_ms
-        && (noticed == 0 || agents.get(agent).is_some_and(|ag| ag.notice.is_none()))
 }
 
 fn severity(s: RoundState) -> u8 {
@@ -351,7 +356,8 @@ impl Correlator {
             );
         }
         let pair = entry.pairs.get_mut(o.agent)?;
-        if pair.provider.as_deref() != o.provider {
+        let provider_changed = pair.provider.as_deref() != o.provider;
+        if provider_changed {
             pair.provider = o.provider.map(str::to_owned);
         }
         let secs = o.at_ms.div_euclid(1000);
@@ -372,6 +378,11 @@ impl Correlator {
         if let Some(rtt) = o.rtt_avg_ms.filter(|_| state != RoundState::Down) {
             pair.baseline.push(secs, rtt);
         }
+        let before = (
+            pair.state,
+            pair.streak_since_ms,
+            fresh(pair, self.newest_ms),
+        );
         let first = pair.at_ms == i64::MIN;
         if state.is_bad() != pair.state.is_bad() || first {
             pair.streak_since_ms = o.at_ms;
@@ -391,9 +402,23 @@ impl Correlator {
         pair.at_ms = o.at_ms;
         pair.interval_ms = interval_ms;
         self.newest_ms = self.newest_ms.max(o.at_ms);
+        // Why not judge every round: judging visits every agent of the
+        // target. A round that leaves this view as it was (same state and
+        // streak, counted before and after, same provider, no candidate
+        // verdict waiting for confirming rounds, the agent under no
+        // notice) changes nothing of the verdict but what the passing of
+        // time does (other views going stale), which the tick judges.
+        let steady = !first
+            && !provider_changed
+            && entry.pending.is_none()
+            && before == (pair.state, pair.streak_since_ms, true)
+            && fresh(pair, self.newest_ms)
+            && self.agents.get(o.agent).is_some_and(|a| a.notice.is_none());
 
         self.note_agent(o, interval_ms);
-        self.judge_target(o.target, Some(o.agent));
+        if !steady {
+            self.judge_target(o.target, Some(o.agent));
+        }
         // The agent's own verdict is judged on `tick`, from settled views.
         Some(classified)
     }
