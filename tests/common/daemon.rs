@@ -128,10 +128,17 @@ impl Daemon {
             .await
             .expect("daemon exited in time")
             .expect("wait");
-        // Collect the remaining lines.
-        while let Ok(l) = self.lines.try_recv() {
-            self.log.push(l);
-        }
+        // Collect the remaining lines, up to the end of both pipes: the
+        // exit can be seen before the readers have passed on the last lines
+        // (a test read the log there and missed "no result was waiting").
+        let log = &mut self.log;
+        let lines = &mut self.lines;
+        let _ = tokio::time::timeout(within, async {
+            while let Some(l) = lines.recv().await {
+                log.push(l);
+            }
+        })
+        .await;
         status
     }
 }
