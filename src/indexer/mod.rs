@@ -128,10 +128,11 @@ async fn run_insight(
         let now = std::time::SystemTime::now();
         let mut docs = intake.settle_wills(now);
         docs.extend(intake.insight.tick(now));
-        pause = insight_pause(started.elapsed());
+        let spent = started.elapsed();
+        pause = insight_pause(spent);
         if pause > INSIGHT_TICK {
             tracing::debug!(
-                tick_ms = started.elapsed().as_millis() as u64,
+                tick_ms = spent.as_millis() as u64,
                 pause_ms = pause.as_millis() as u64,
                 "insight tick took long: pausing longer"
             );

@@ -412,11 +412,10 @@ impl Correlator {
             && !provider_changed
             && entry.pending.is_none()
             && before == (pair.state, pair.streak_since_ms, true)
-            && fresh(pair, self.newest_ms)
-            && self.agents.get(o.agent).is_some_and(|a| a.notice.is_none());
+            && fresh(pair, self.newest_ms);
 
-        self.note_agent(o, interval_ms);
-        if !steady {
+        let under_notice = self.note_agent(o, interval_ms);
+        if !steady || under_notice {
             self.judge_target(o.target, Some(o.agent));
         }
         // The agent's own verdict is judged on `tick`, from settled views.
@@ -487,41 +486,43 @@ impl Correlator {
         self.agents.values().map(|e| &e.published)
     }
 
-    fn note_agent(&mut self, o: &Observation, interval_ms: i64) {
-        if !self.agents.contains_key(o.agent) {
-            if self.agents.len() >= self.settings.max_agents {
-                self.evict_one();
+    /// Notes an agent's round; returns whether the agent was under a
+    /// notice (lost or stopped) before it.
+    fn note_agent(&mut self, o: &Observation, interval_ms: i64) -> bool {
+        if let Some(a) = self.agents.get_mut(o.agent) {
+            let under_notice = a.notice.is_some();
+            a.last_ms = a.last_ms.max(o.at_ms);
+            a.interval_ms = interval_ms;
+            if a.notice.is_some_and(|(_, at)| o.at_ms > at) {
+                a.notice = None;
+                self.noticed = self.noticed.saturating_sub(1);
             }
-            // A new agent is announced at once, as ok.
-            let verdict = AgentVerdict {
-                agent: o.agent.to_owned(),
-                state: AgentState::Ok,
-                since: rfc3339_ms(o.at_ms),
-                reason: OK_REASON.to_owned(),
-            };
-            self.changes.push(Change::Agent {
-                verdict: verdict.clone(),
-                transition: false,
-            });
-            self.agents.insert(
-                o.agent.to_owned(),
-                AgentEntry {
-                    last_ms: o.at_ms,
-                    interval_ms,
-                    notice: None,
-                    published: verdict,
-                },
-            );
+            return under_notice;
         }
-        let Some(a) = self.agents.get_mut(o.agent) else {
-            return;
+        if self.agents.len() >= self.settings.max_agents {
+            self.evict_one();
+        }
+        // A new agent is announced at once, as ok.
+        let verdict = AgentVerdict {
+            agent: o.agent.to_owned(),
+            state: AgentState::Ok,
+            since: rfc3339_ms(o.at_ms),
+            reason: OK_REASON.to_owned(),
         };
-        a.last_ms = a.last_ms.max(o.at_ms);
-        a.interval_ms = interval_ms;
-        if a.notice.is_some_and(|(_, at)| o.at_ms > at) {
-            a.notice = None;
-            self.noticed = self.noticed.saturating_sub(1);
-        }
+        self.changes.push(Change::Agent {
+            verdict: verdict.clone(),
+            transition: false,
+        });
+        self.agents.insert(
+            o.agent.to_owned(),
+            AgentEntry {
+                last_ms: o.at_ms,
+                interval_ms,
+                notice: None,
+                published: verdict,
+            },
+        );
+        false
     }
 
     /// Forgets the agent silent the longest, and its views.
@@ -578,44 +579,35 @@ impl Correlator {
             return;
         };
         let (agents, noticed) = (&self.agents, self.noticed);
-        // One pass without allocating: this runs for every result, over
-        // every agent of the target, and most of the time all are up.
-        let mut total = 0usize;
-        let mut newest_streak = at_ms;
-        let mut bad: Vec<(&str, &Pair)> = Vec::new();
-        for (a, p) in &e.pairs {
-            if !reports(agents, noticed, a, p, at_ms) {
-                continue;
-            }
-            newest_streak = if total == 0 {
-                p.streak_since_ms
-            } else {
-                newest_streak.max(p.streak_since_ms)
-            };
-            total += 1;
-            if p.state.is_bad() {
-                bad.push((a, p));
-            }
-        }
+        let reporting = self.reporting(e, at_ms);
+        let total = reporting.len();
+        let bad: Vec<(&str, &Pair)> = reporting
+            .iter()
+            .filter(|(_, p)| p.state.is_bad())
+            .copied()
+            .collect();
         // Providers of the reporting agents, and of those seeing it bad:
         // only needed when someone sees it bad.
         let mut all_providers: BTreeSet<ProviderKey<'_>> = BTreeSet::new();
         let mut bad_providers: BTreeSet<ProviderKey<'_>> = BTreeSet::new();
         if !bad.is_empty() {
-            for (a, p) in &e.pairs {
-                if reports(agents, noticed, a, p, at_ms) {
-                    let k = ProviderKey::of(a, p.provider.as_deref());
-                    if p.state.is_bad() {
-                        bad_providers.insert(k);
-                    }
-                    all_providers.insert(k);
+            for (a, p) in &reporting {
+                let k = ProviderKey::of(a, p.provider.as_deref());
+                if p.state.is_bad() {
+                    bad_providers.insert(k);
                 }
+                all_providers.insert(k);
             }
         }
         let (key, since_ms): (TargetKey, i64) = if total == 0 {
             ((TargetState::Unknown, Cause::None, None), at_ms)
         } else if bad.is_empty() {
-            ((TargetState::Up, Cause::None, None), newest_streak)
+            let since = reporting
+                .iter()
+                .map(|(_, p)| p.streak_since_ms)
+                .max()
+                .unwrap_or(at_ms);
+            ((TargetState::Up, Cause::None, None), since)
         } else {
             let mut counts: BTreeMap<RoundState, usize> = BTreeMap::new();
             for (_, p) in &bad {
@@ -655,7 +647,7 @@ impl Correlator {
             u32::try_from(total).unwrap_or(u32::MAX),
             u32::try_from(bad_providers.len()).unwrap_or(u32::MAX),
         );
-        drop((all_providers, bad_providers, bad));
+        drop((all_providers, bad_providers, bad, reporting));
         let confirm = self.settings.confirm_rounds;
 
         let Correlator {
