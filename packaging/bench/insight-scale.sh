@@ -2,8 +2,9 @@
 # How judging results ("is it me or the target?") scales with the swarm:
 # CPU per result and per once-a-second tick of the indexer's correlator,
 # for the same number of (agent, target) pairs with 1, 10, 100, ... agents
-# per target, every target up and then every target down for everyone.
-# The ratio column is against the first row (one agent per target). No
+# per target: a steady round (all up, as before), the round in which every
+# target goes down for everyone, and the confirming round after it. Each
+# ratio column is against the first row (one agent per target). No
 # network, no disk: examples/insight_scale.rs feeds the correlator
 # directly. Prints figures; asserts nothing.
 #
