@@ -3,11 +3,8 @@
 //! this runs once for every result the swarm sends.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -136,110 +133,206 @@ pub(super) fn write(
     };
     let status = if up { "up" } else { "down" };
     let domain = url_domain(&r.target);
-    let rtt = match (up, r.rtt) {
-        (true, Some(s)) => Some(RttMs {
-            min_ms: finite(s.min),
-            avg_ms: finite(s.avg),
-            max_ms: finite(s.max),
-            stddev_ms: finite(s.stddev),
-        }),
-        _ => None,
-    };
-    let (meta, data_stream, state, synthetics_summary) = match synthetics {
-        Some(s) => (
-            Some(Meta {
-                space_id: s.space_id,
-            }),
-            Some(DataStream {
-                r#type: "synthetics",
-                dataset: CHECK_DATASET,
-                namespace: s.namespace,
-            }),
-            s.state,
-            true,
-        ),
-        None => (None, None, None, false),
-    };
-    let doc = CheckDoc {
-        timestamp: &r.timestamp,
-        ecs: Ecs {
-            version: ECS_VERSION,
-        },
-        event: Event {
-            dataset: CHECK_DATASET,
-            kind: "metric",
-        },
-        monitor: Monitor {
-            // One monitor per target, the same from every agent (Uptime
-            // groups a monitor's locations under it).
-            id: Concat("icmp-", &r.target),
-            name: &r.target,
-            r#type: "icmp",
-            status,
-            duration: Us { us: avg_us },
-            check_group: id,
-            timespan: Timespan {
-                gte: &r.timestamp,
-                lt: Rfc3339Millis(end),
-            },
-            ip: r.addr,
-        },
-        summary: Summary {
-            up: u8::from(up),
-            down: u8::from(!up),
-            status: synthetics_summary.then_some(status),
-            attempt: synthetics_summary.then_some(1),
-            max_attempts: synthetics_summary.then_some(1),
-            final_attempt: synthetics_summary.then_some(true),
-            retry_group: synthetics_summary.then_some(id),
-        },
-        observer: Observer {
-            name: &r.agent,
-            geo: Geo {
-                name: &r.agent,
-                location: r
-                    .labels
-                    .get(GEO_LABEL)
-                    .and_then(|g| geo_point(g))
-                    .map(|(lat, lon)| GeoPoint { lat, lon }),
-            },
-        },
-        labels: r
-            .labels
-            .keys()
-            .any(|k| !k.is_empty())
-            .then_some(Labels(&r.labels)),
-        url: Url {
-            scheme: "icmp",
-            domain: &domain,
-            full: Concat("icmp://", &domain),
-        },
-        resolve: r.addr.map(|ip| Resolve { ip }),
-        icmp: Icmp {
-            requests: r.sent,
-            rtt: up.then_some(Us { us: avg_us }),
-        },
-        ping: Ping {
-            sent: r.sent,
-            received: r.received,
-            lost,
-            loss,
-            interval_s: finite(r.interval),
-            rtt,
-            rtts_ms: FiniteSeq(&r.rtts),
-            state: judged.map(|j| j.state.as_str()),
-            levels: judged.map(|j| Levels {
-                slow_ms: finite(j.slow_ms),
-                lossy: finite(j.lossy),
-                baseline_ms: j.baseline_ms.and_then(finite),
-            }),
-        },
-        error: r.error.as_deref().map(|message| ErrorMessage { message }),
-        meta,
-        data_stream,
-        state,
-    };
-    serde_json::to_writer(out, &doc).map_err(|e| DocumentError::Encode(e.to_string()))
+    let mut j = Json(out);
+    j.raw("{\"@timestamp\":")?;
+    j.str(&r.timestamp)?;
+    j.raw(",\"ecs\":{\"version\":")?;
+    j.str(ECS_VERSION)?;
+    j.raw("},\"event\":{\"dataset\":")?;
+    j.str(CHECK_DATASET)?;
+    // One monitor per target, the same from every agent (Uptime groups a
+    // monitor's locations under it).
+    j.raw(",\"kind\":\"metric\"},\"monitor\":{\"id\":")?;
+    j.concat("icmp-", &r.target)?;
+    j.raw(",\"name\":")?;
+    j.str(&r.target)?;
+    j.raw(",\"type\":\"icmp\",\"status\":")?;
+    j.str(status)?;
+    j.raw(",\"duration\":{\"us\":")?;
+    j.value(&avg_us)?;
+    j.raw("},\"check_group\":")?;
+    j.str(id)?;
+    j.raw(",\"timespan\":{\"gte\":")?;
+    j.str(&r.timestamp)?;
+    j.raw(",\"lt\":")?;
+    j.str(&humantime::format_rfc3339_millis(end).to_string())?;
+    j.raw("}")?;
+    if let Some(ip) = &r.addr {
+        j.raw(",\"ip\":")?;
+        j.value(ip)?;
+    }
+    j.raw("},\"summary\":{\"up\":")?;
+    j.value(&u8::from(up))?;
+    j.raw(",\"down\":")?;
+    j.value(&u8::from(!up))?;
+    if synthetics.is_some() {
+        j.raw(",\"status\":")?;
+        j.str(status)?;
+        j.raw(",\"attempt\":1,\"max_attempts\":1,\"final_attempt\":true,\"retry_group\":")?;
+        j.str(id)?;
+    }
+    j.raw("},\"observer\":{\"name\":")?;
+    j.str(&r.agent)?;
+    j.raw(",\"geo\":{\"name\":")?;
+    j.str(&r.agent)?;
+    if let Some((lat, lon)) = r.labels.get(GEO_LABEL).and_then(|g| geo_point(g)) {
+        j.raw(",\"location\":{\"lat\":")?;
+        j.value(&lat)?;
+        j.raw(",\"lon\":")?;
+        j.value(&lon)?;
+        j.raw("}")?;
+    }
+    j.raw("}}")?;
+    // Labels with a name (an empty name is left out, and so is an object
+    // that would be empty).
+    let mut labels = r.labels.iter().filter(|(k, _)| !k.is_empty());
+    if let Some((k, v)) = labels.next() {
+        j.raw(",\"labels\":{")?;
+        j.entry(k, v)?;
+        for (k, v) in labels {
+            j.raw(",")?;
+            j.entry(k, v)?;
+        }
+        j.raw("}")?;
+    }
+    j.raw(",\"url\":{\"scheme\":\"icmp\",\"domain\":")?;
+    j.str(&domain)?;
+    j.raw(",\"full\":")?;
+    j.concat("icmp://", &domain)?;
+    j.raw("}")?;
+    if let Some(ip) = &r.addr {
+        j.raw(",\"resolve\":{\"ip\":")?;
+        j.value(ip)?;
+        j.raw("}")?;
+    }
+    j.raw(",\"icmp\":{\"requests\":")?;
+    j.value(&r.sent)?;
+    if up {
+        j.raw(",\"rtt\":{\"us\":")?;
+        j.value(&avg_us)?;
+        j.raw("}")?;
+    }
+    j.raw("},\"ping\":{\"sent\":")?;
+    j.value(&r.sent)?;
+    j.raw(",\"received\":")?;
+    j.value(&r.received)?;
+    j.raw(",\"lost\":")?;
+    j.value(&lost)?;
+    j.raw(",\"loss\":")?;
+    j.value(&loss)?;
+    if let Some(interval) = finite(r.interval) {
+        j.raw(",\"interval_s\":")?;
+        j.value(&interval)?;
+    }
+    if let (true, Some(s)) = (up, r.rtt) {
+        j.raw(",\"rtt\":")?;
+        j.floats(&[
+            ("min_ms", s.min),
+            ("avg_ms", s.avg),
+            ("max_ms", s.max),
+            ("stddev_ms", s.stddev),
+        ])?;
+    }
+    // The finite rtts of the round, lost echoes left out.
+    j.raw(",\"rtts_ms\":[")?;
+    let mut rtts = r.rtts.iter().flatten().filter(|x| x.is_finite());
+    if let Some(x) = rtts.next() {
+        j.value(x)?;
+        for x in rtts {
+            j.raw(",")?;
+            j.value(x)?;
+        }
+    }
+    j.raw("]")?;
+    if let Some(judged) = judged {
+        j.raw(",\"state\":")?;
+        j.str(judged.state.as_str())?;
+        j.raw(",\"levels\":")?;
+        j.floats(&[
+            ("slow_ms", judged.slow_ms),
+            ("lossy", judged.lossy),
+            ("baseline_ms", judged.baseline_ms.unwrap_or(f64::NAN)),
+        ])?;
+    }
+    j.raw("}")?;
+    if let Some(message) = &r.error {
+        j.raw(",\"error\":{\"message\":")?;
+        j.str(message)?;
+        j.raw("}")?;
+    }
+    if let Some(s) = synthetics {
+        j.raw(",\"meta\":{\"space_id\":")?;
+        j.str(s.space_id)?;
+        j.raw("},\"data_stream\":{\"type\":\"synthetics\",\"dataset\":")?;
+        j.str(CHECK_DATASET)?;
+        j.raw(",\"namespace\":")?;
+        j.str(s.namespace)?;
+        j.raw("}")?;
+        if let Some(state) = &s.state {
+            j.raw(",\"state\":")?;
+            j.value(state)?;
+        }
+    }
+    j.raw("}")
+}
+
+/// Writes a document's JSON text: keys and punctuation as the constant
+/// fragments they are, values through serde_json (its escaping and number
+/// formatting). Field order is the order written; Elasticsearch does not
+/// care, people reading a document do. (This runs once per result:
+/// serializing a tree of structs spent half of intake's time escaping
+/// keys and walking options.)
+struct Json<'a>(&'a mut Vec<u8>);
+
+impl Json<'_> {
+    /// Punctuation and keys, written as they are.
+    fn raw(&mut self, text: &str) -> Result<(), DocumentError> {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+
+    /// A string, quoted and escaped.
+    fn str(&mut self, text: &str) -> Result<(), DocumentError> {
+        self.value(text)
+    }
+
+    /// `prefix` and `text` as one string (`prefix` needs no escaping).
+    fn concat(&mut self, prefix: &str, text: &str) -> Result<(), DocumentError> {
+        let start = self.0.len();
+        self.str(text)?;
+        // After the opening quote of the escaped text.
+        let at = start.saturating_add(1).min(self.0.len());
+        self.0.splice(at..at, prefix.bytes());
+        Ok(())
+    }
+
+    /// `"key":"value"`, both escaped.
+    fn entry(&mut self, key: &str, value: &str) -> Result<(), DocumentError> {
+        self.str(key)?;
+        self.raw(":")?;
+        self.str(value)
+    }
+
+    /// An object of the finite ones of `fields` (`{}` if none is).
+    fn floats(&mut self, fields: &[(&str, f64)]) -> Result<(), DocumentError> {
+        self.raw("{")?;
+        let mut first = true;
+        for (key, x) in fields.iter().filter(|(_, x)| x.is_finite()) {
+            if !first {
+                self.raw(",")?;
+            }
+            first = false;
+            self.str(key)?;
+            self.raw(":")?;
+            self.value(x)?;
+        }
+        self.raw("}")
+    }
+
+    /// Any value, as serde_json writes it.
+    fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), DocumentError> {
+        serde_json::to_writer(&mut *self.0, value).map_err(|e| DocumentError::Encode(e.to_string()))
+    }
 }
 
 /// Milliseconds to whole microseconds; non-finite or negative gives 0.
@@ -257,226 +350,13 @@ fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
-// The document's shape. Field order is the order written; Elasticsearch
-// does not care, people reading a document do.
-
-#[derive(Serialize)]
-struct CheckDoc<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: &'a str,
-    ecs: Ecs,
-    event: Event,
-    monitor: Monitor<'a>,
-    summary: Summary<'a>,
-    observer: Observer<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    labels: Option<Labels<'a>>,
-    url: Url<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resolve: Option<Resolve>,
-    icmp: Icmp,
-    ping: Ping<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorMessage<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    meta: Option<Meta<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data_stream: Option<DataStream<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<StreakState>,
-}
-
-#[derive(Serialize)]
-struct Ecs {
-    version: &'static str,
-}
-
-#[derive(Serialize)]
-struct Event {
-    dataset: &'static str,
-    kind: &'static str,
-}
-
-#[derive(Serialize)]
-struct Monitor<'a> {
-    id: Concat<'a>,
-    name: &'a str,
-    r#type: &'static str,
-    status: &'static str,
-    duration: Us,
-    check_group: &'a str,
-    timespan: Timespan<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ip: Option<IpAddr>,
-}
-
-#[derive(Serialize)]
-struct Us {
-    us: i64,
-}
-
-#[derive(Serialize)]
-struct Timespan<'a> {
-    gte: &'a str,
-    lt: Rfc3339Millis,
-}
-
-#[derive(Serialize)]
-struct Summary<'a> {
-    up: u8,
-    down: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    attempt: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_attempts: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    final_attempt: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_group: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Observer<'a> {
-    name: &'a str,
-    geo: Geo<'a>,
-}
-
-#[derive(Serialize)]
-struct Geo<'a> {
-    name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    location: Option<GeoPoint>,
-}
-
-#[derive(Serialize)]
-struct GeoPoint {
-    lat: f64,
-    lon: f64,
-}
-
-#[derive(Serialize)]
-struct Url<'a> {
-    scheme: &'static str,
-    domain: &'a str,
-    full: Concat<'a>,
-}
-
-#[derive(Serialize)]
-struct Resolve {
-    ip: IpAddr,
-}
-
-#[derive(Serialize)]
-struct Icmp {
-    requests: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rtt: Option<Us>,
-}
-
-#[derive(Serialize)]
-struct Ping<'a> {
-    sent: u32,
-    received: u32,
-    lost: u32,
-    loss: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    interval_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rtt: Option<RttMs>,
-    rtts_ms: FiniteSeq<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    levels: Option<Levels>,
-}
-
-#[derive(Serialize)]
-struct RttMs {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    avg_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stddev_ms: Option<f64>,
-}
-
-#[derive(Serialize)]
-struct Levels {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    slow_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lossy: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    baseline_ms: Option<f64>,
-}
-
-#[derive(Serialize)]
-struct ErrorMessage<'a> {
-    message: &'a str,
-}
-
-#[derive(Serialize)]
-struct Meta<'a> {
-    space_id: &'a str,
-}
-
-#[derive(Serialize)]
-struct DataStream<'a> {
-    r#type: &'static str,
-    dataset: &'static str,
-    namespace: &'a str,
-}
-
-/// Two strings written as one JSON string.
-struct Concat<'a>(&'static str, &'a str);
-
-impl Serialize for Concat<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}{}", self.0, self.1))
-    }
-}
-
-/// An instant as RFC 3339 UTC text to the millisecond.
-struct Rfc3339Millis(SystemTime);
-
-impl Serialize for Rfc3339Millis {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(self.0))
-    }
-}
-
-/// Labels with a name (an empty name is left out).
-struct Labels<'a>(&'a BTreeMap<String, String>);
-
-impl Serialize for Labels<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
-        for (k, v) in self.0.iter().filter(|(k, _)| !k.is_empty()) {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
-}
-
-/// The finite rtts of a round, lost echoes left out.
-struct FiniteSeq<'a>(&'a [Option<f64>]);
-
-impl Serialize for FiniteSeq<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().flatten().filter(|x| x.is_finite()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{geo_location, url_domain, GEO_LABEL};
     use super::*;
     use crate::protocol::RttStats;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn sample() -> PingResult {
         super::super::sample()
@@ -519,6 +399,25 @@ mod tests {
         assert_eq!(d["ping"]["rtt"]["max_ms"], 12.0);
         assert_eq!(d["ping"]["rtts_ms"], json!([10.0, 12.0, 11.0, 11.0]));
         assert!(d.get("error").is_none());
+    }
+
+    #[test]
+    fn hostile_text_is_escaped_in_every_field() {
+        let nasty = "q\"b\\c\u{1}\n\u{7f}é\u{2028}}{";
+        let mut r = sample();
+        r.agent = nasty.into();
+        r.target = nasty.into();
+        r.labels = BTreeMap::from([(nasty.to_owned(), nasty.to_owned())]);
+        r.error = Some(nasty.into());
+        let d = result_document(&r).unwrap();
+        assert_eq!(d["monitor"]["id"], format!("icmp-{nasty}"));
+        assert_eq!(d["monitor"]["name"], nasty);
+        assert_eq!(d["url"]["domain"], nasty);
+        assert_eq!(d["url"]["full"], format!("icmp://{nasty}"));
+        assert_eq!(d["observer"]["name"], nasty);
+        assert_eq!(d["observer"]["geo"]["name"], nasty);
+        assert_eq!(d["labels"][nasty], nasty);
+        assert_eq!(d["error"]["message"], nasty);
     }
 
     #[test]
