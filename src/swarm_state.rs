@@ -71,12 +71,21 @@ fn loss(r: &PingResult) -> Option<f64> {
 }
 
 /// `text`, cut to at most `max` bytes on a character boundary.
-fn cut(text: &str, max: usize) -> String {
+fn cut(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_owned()
+    &text[..end]
+}
+
+/// Whether `kept` is what keeping `sent` (its first [`MAX_LABELS`],
+/// cut) would give.
+fn same_labels(kept: &BTreeMap<String, String>, sent: &BTreeMap<String, String>) -> bool {
+    kept.len() == sent.len().min(MAX_LABELS)
+        && kept.iter().zip(sent).all(|((kk, kv), (sk, sv))| {
+            kk == cut(sk, MAX_LABEL_TEXT) && kv == cut(sv, MAX_LABEL_TEXT)
+        })
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -100,6 +109,8 @@ struct Agent {
     broker: Option<Broker>,
     /// Round start of the newest result (the agent's clock, RFC 3339).
     last_round: String,
+    /// The latest result of each target it sent results for.
+    cells: HashMap<String, Cell>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,7 +126,23 @@ struct Cell {
     at: SystemTime,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Default for Cell {
+    fn default() -> Cell {
+        Cell {
+            state: CellState::Stale,
+            loss: None,
+            rtt_ms: None,
+            sent: 0,
+            received: 0,
+            error: None,
+            round: String::new(),
+            interval: 0.0,
+            at: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Point {
     /// Unix time the result was received, in seconds.
     pub t: f64,
@@ -127,7 +154,8 @@ pub struct Point {
 #[derive(Debug, Default)]
 struct Inner {
     agents: BTreeMap<String, Agent>,
-    cells: HashMap<(String, String), Cell>,
+    /// Agent x target pairs held (the agents' `cells`).
+    cell_count: usize,
     history: HashMap<String, VecDeque<Point>>,
     targets: Vec<Target>,
     list_version: Option<String>,
@@ -268,68 +296,94 @@ impl SwarmState {
             s.dropped = s.dropped.saturating_add(1);
             return;
         }
-        let key = (r.agent.clone(), r.target.clone());
         // A round already seen (redelivered after a failover, or through
         // another broker) or older than the newest: nothing new.
-        if let Some(c) = s.cells.get(&key) {
-            if r.timestamp <= c.round {
+        let known = s.agents.get(&r.agent).and_then(|a| a.cells.get(&r.target));
+        match known {
+            Some(c) if r.timestamp <= c.round => return,
+            Some(_) => {}
+            None if s.cell_count >= MAX_CELLS => {
+                s.dropped = s.dropped.saturating_add(1);
                 return;
             }
-        } else if s.cells.len() >= MAX_CELLS {
-            s.dropped = s.dropped.saturating_add(1);
-            return;
+            None => s.cell_count += 1,
         }
-        let agent = s.agents.entry(r.agent.clone()).or_insert_with(|| Agent {
-            seen: AgentSeen {
-                last_result: None,
-                interval: r.interval,
-                last_rip: None,
-                session: None,
-                result_broker: None,
-            },
-            list_version: None,
-            labels: BTreeMap::new(),
-            broker: None,
-            last_round: String::new(),
-        });
+        // Every result of a steady swarm lands here: what is as it was is
+        // left in place, not built again (no allocation per result).
+        let agent = match s.agents.get_mut(&r.agent) {
+            Some(agent) => agent,
+            None => s.agents.entry(r.agent.clone()).or_insert_with(|| Agent {
+                seen: AgentSeen {
+                    last_result: None,
+                    interval: r.interval,
+                    last_rip: None,
+                    session: None,
+                    result_broker: None,
+                },
+                list_version: None,
+                labels: BTreeMap::new(),
+                broker: None,
+                last_round: String::new(),
+                cells: HashMap::new(),
+            }),
+        };
         agent.seen.last_result = Some(now);
         agent.seen.interval = r.interval;
-        agent.labels = r
-            .labels
-            .iter()
-            .take(MAX_LABELS)
-            .map(|(k, v)| (cut(k, MAX_LABEL_TEXT), cut(v, MAX_LABEL_TEXT)))
-            .collect();
-        agent.broker = Some(broker.clone());
+        if !same_labels(&agent.labels, &r.labels) {
+            agent.labels = r
+                .labels
+                .iter()
+                .take(MAX_LABELS)
+                .map(|(k, v)| {
+                    (
+                        cut(k, MAX_LABEL_TEXT).to_owned(),
+                        cut(v, MAX_LABEL_TEXT).to_owned(),
+                    )
+                })
+                .collect();
+        }
+        if agent.broker.as_ref() != Some(broker) {
+            agent.broker = Some(broker.clone());
+        }
         if r.timestamp > agent.last_round {
-            agent.last_round = r.timestamp.clone();
+            agent.last_round.clone_from(&r.timestamp);
         }
         let rtt_ms = r.rtt.map(|x| x.avg);
-        let cell = Cell {
-            state: CellState::of(r),
-            loss: loss(r),
-            rtt_ms,
-            sent: r.sent,
-            received: r.received,
-            error: r.error.as_deref().map(|e| cut(e, MAX_ERROR)),
-            round: r.timestamp.clone(),
-            interval: r.interval,
-            at: now,
+        let cell = match agent.cells.get_mut(&r.target) {
+            Some(cell) => cell,
+            None => agent
+                .cells
+                .entry(r.target.clone())
+                .or_insert_with(Cell::default),
         };
-        s.cells.insert(key, cell);
+        cell.state = CellState::of(r);
+        cell.loss = loss(r);
+        cell.rtt_ms = rtt_ms;
+        cell.sent = r.sent;
+        cell.received = r.received;
+        cell.error = r.error.as_deref().map(|e| cut(e, MAX_ERROR).to_owned());
+        cell.round.clone_from(&r.timestamp);
+        cell.interval = r.interval;
+        cell.at = now;
         if !s.history.contains_key(&r.target) && s.history.len() >= MAX_TARGETS {
             return;
         }
-        let h = s.history.entry(r.target.clone()).or_default();
-        if h.len() >= HISTORY {
-            h.pop_front();
+        let history = match s.history.get_mut(&r.target) {
+            Some(h) => h,
+            None => s.history.entry(r.target.clone()).or_default(),
+        };
+        // The oldest point's name is reused for the newest.
+        let mut point = if history.len() >= HISTORY {
+            history.pop_front()
+        } else {
+            None
         }
-        h.push_back(Point {
-            t: unix(now),
-            agent: r.agent.clone(),
-            loss: loss(r),
-            rtt_ms,
-        });
+        .unwrap_or_default();
+        point.t = unix(now);
+        point.agent.clone_from(&r.agent);
+        point.loss = loss(r);
+        point.rtt_ms = rtt_ms;
+        history.push_back(point);
     }
 
     /// Records a notice that is news (not stale): `online` presence
@@ -354,9 +408,13 @@ impl SwarmState {
     pub fn prune(&self, now: SystemTime) {
         let mut s = self.lock();
         let old = |t: SystemTime| age(now, t) > FORGET_AFTER.as_secs_f64();
-        s.cells.retain(|_, c| !old(c.at));
-        s.agents
-            .retain(|_, a| a.seen.last_result.is_some_and(|t| !old(t)));
+        let mut cells = 0;
+        s.agents.retain(|_, a| {
+            a.cells.retain(|_, c| !old(c.at));
+            cells += a.cells.len();
+            a.seen.last_result.is_some_and(|t| !old(t))
+        });
+        s.cell_count = cells;
         for h in s.history.values_mut() {
             while h
                 .front()
@@ -406,9 +464,10 @@ impl SwarmState {
             })
             .collect();
         let mut cells: Vec<CellView> = s
-            .cells
+            .agents
             .iter()
-            .map(|((agent, target), c)| {
+            .flat_map(|(agent, a)| a.cells.iter().map(move |(target, c)| (agent, target, c)))
+            .map(|(agent, target, c)| {
                 let age_s = age(now, c.at);
                 let stale = age_s > 3.0 * c.interval.max(1.0);
                 CellView {
@@ -586,6 +645,28 @@ mod tests {
         s.prune(t0 + FORGET_AFTER + Duration::from_secs(1));
         let snap = s.snapshot(t0 + FORGET_AFTER);
         assert!(snap.cells.is_empty() && snap.agents.is_empty() && snap.history.is_empty());
+        // What was forgotten makes room again.
+        let later = t0 + FORGET_AFTER + Duration::from_secs(2);
+        feed(&s, ("new", "t-new", "2026-01-03T00:00:00Z", 1, 1), 1, later);
+        assert_eq!(s.snapshot(later).cells.len(), 1);
+    }
+
+    #[test]
+    fn labels_follow_the_newest_result() {
+        let s = SwarmState::new();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut r = result("a", "x", "2026-01-01T00:00:10Z", 1, 1);
+        s.record_result(&r, &broker(1), t0);
+        let labels = |s: &SwarmState| s.snapshot(t0).agents[0].labels.clone();
+        assert_eq!(labels(&s)["provider"], "ovh");
+        r.timestamp = "2026-01-01T00:00:20Z".into();
+        r.labels.insert("provider".into(), "free".into());
+        s.record_result(&r, &broker(1), t0);
+        assert_eq!(labels(&s)["provider"], "free");
+        r.timestamp = "2026-01-01T00:00:30Z".into();
+        r.labels.clear();
+        s.record_result(&r, &broker(1), t0);
+        assert!(labels(&s).is_empty());
     }
 
     #[test]
