@@ -143,7 +143,16 @@ fn bulk(body: &[u8], store: &Mutex<Store>) -> (u16, Vec<u8>) {
     items.extend_from_slice(br#"{"took":1,"errors":false,"items":["#);
     let mut s = lock(store);
     let before = s.ids.len();
-    let lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    // Lines found with memchr: splitting byte by byte was most of the
+    // stand-in's own CPU, taken from the cores it shares in a benchmark.
+    let mut start = 0;
+    let lines = memchr::memchr_iter(b'\n', body)
+        .chain(std::iter::once(body.len()))
+        .filter_map(|end| {
+            let line = body.get(start..end);
+            start = end + 1;
+            line.filter(|l| !l.is_empty())
+        });
     for (n, action) in lines.step_by(2).enumerate() {
         let (Some(index), Some(id)) = (
             field(action, b"\"_index\":\""),
@@ -176,7 +185,7 @@ fn bulk(body: &[u8], store: &Mutex<Store>) -> (u16, Vec<u8>) {
 /// The string value after `key` (which ends with its opening quote); JSON
 /// escapes are not decoded: the indexer's names and ids have none.
 fn field<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let start = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let start = memchr::memmem::find(line, key)? + key.len();
     let rest = line.get(start..)?;
     let end = rest.iter().position(|&b| b == b'"')?;
     Some(&rest[..end])
