@@ -27,6 +27,7 @@ fn settings(url: &str, auth: EsAuth, timeout: Duration) -> EsSettings {
         flavor: Default::default(),
         batch_size: 1000,
         batch_bytes: 5 << 20,
+        compression_level: 1,
         flush_interval: Duration::from_secs(1),
         timeout,
     }
@@ -250,6 +251,37 @@ async fn bulk_happy_path_uses_stable_ids_and_gzip_ndjson() {
     assert!(b.wire_len < b.body.len(), "gzip did not shrink the body");
     assert!(b.body.ends_with(b"\n"));
     assert_eq!(d.dl.count(), 0);
+}
+
+#[tokio::test]
+async fn bulk_bodies_follow_the_compression_level() {
+    for level in [0, 9] {
+        let fake = FakeEs::start(Flavor::Elasticsearch8).await;
+        let s = EsSettings {
+            compression_level: level,
+            ..settings(&fake.url(), EsAuth::None, Duration::from_secs(5))
+        };
+        let c = EsClient::new(&s).unwrap().with_retry_policy(FAST);
+        let info = c.probe().await.unwrap();
+        c.install_templates(&info).await.unwrap();
+        let batch: Vec<BulkDoc> = (0..20)
+            .map(|i| BulkDoc::from_result(&result("a1", "example.com", i)).unwrap())
+            .collect();
+        let report = deliver(&c, batch, &mut dead_letter()).await;
+        assert_eq!(report.indexed, 20, "level {level}");
+        assert_eq!(fake.docs(INDEX).len(), 20);
+        let bulks = fake.bulk_requests();
+        let b = &bulks[0];
+        if level == 0 {
+            assert!(!b.gzip, "level 0 sent a gzip body");
+            assert_eq!(b.header("content-encoding"), None);
+            assert_eq!(b.wire_len, b.body.len());
+        } else {
+            assert!(b.gzip, "level {level} sent a plain body");
+            assert_eq!(b.header("content-encoding"), Some("gzip"));
+            assert!(b.wire_len < b.body.len());
+        }
+    }
 }
 
 #[tokio::test]

@@ -258,20 +258,23 @@ impl EsClient {
     pub(super) async fn bulk_once(&self, docs: &[BulkDoc]) -> Result<Vec<ItemOutcome>, OnceError> {
         let body = self.bulk_body(docs);
         let plain_len = body.len();
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(plain_len / 4),
-            flate2::Compression::fast(),
-        );
-        let gz = gz
-            .write_all(&body)
-            .and_then(|()| gz.finish())
-            .map_err(|e| OnceError::Other(EsError::Protocol(format!("gzip: {e}"))))?;
-        let gz_len = gz.len();
         let rb = self
             .request(Method::POST, "/_bulk")
-            .header(CONTENT_TYPE, "application/x-ndjson")
-            .header(CONTENT_ENCODING, "gzip")
-            .body(gz);
+            .header(CONTENT_TYPE, "application/x-ndjson");
+        let (rb, sent_len) = if self.compression_level == 0 {
+            (rb.body(body), plain_len)
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(plain_len / 4),
+                flate2::Compression::new(self.compression_level),
+            );
+            let gz = gz
+                .write_all(&body)
+                .and_then(|()| gz.finish())
+                .map_err(|e| OnceError::Other(EsError::Protocol(format!("gzip: {e}"))))?;
+            let gz_len = gz.len();
+            (rb.header(CONTENT_ENCODING, "gzip").body(gz), gz_len)
+        };
         let (status, _, answer) = self
             .send(rb, "POST /_bulk")
             .await
@@ -280,7 +283,7 @@ impl EsClient {
         debug!(
             docs = docs.len(),
             bytes = plain_len,
-            gzip_bytes = gz_len,
+            sent_bytes = sent_len,
             status = code,
             "bulk request"
         );

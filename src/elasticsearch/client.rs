@@ -19,6 +19,8 @@ pub struct EsClient {
     pub(super) auth: Auth,
     pub(super) index: String,
     pub(super) retry: RetryPolicy,
+    /// gzip level of bulk bodies; 0: sent uncompressed.
+    pub(super) compression_level: u32,
     /// What the last delivery attempt failed on, until one succeeds.
     pub(super) trouble: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -145,6 +147,7 @@ impl EsClient {
             auth,
             index: settings.index.clone(),
             retry: RetryPolicy::default(),
+            compression_level: settings.compression_level,
             trouble: Default::default(),
         })
     }

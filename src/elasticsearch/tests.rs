@@ -189,6 +189,7 @@ fn bulk_body_is_ndjson_with_create_actions() {
         flavor: Default::default(),
         batch_size: 10,
         batch_bytes: 1 << 20,
+        compression_level: 1,
         flush_interval: Duration::from_secs(1),
         timeout: Duration::from_secs(1),
     };
@@ -220,6 +221,7 @@ fn bad_api_key_is_a_config_error() {
         flavor: Default::default(),
         batch_size: 10,
         batch_bytes: 1 << 20,
+        compression_level: 1,
         flush_interval: Duration::from_secs(1),
         timeout: Duration::from_secs(1),
     };
