@@ -50,10 +50,17 @@ pub struct Item {
 
 /// The acknowledgement of one message, sent once its document is durable.
 pub struct Ack {
+    /// The connection's, shared by all its messages (one reference count
+    /// per message, not one per handle).
+    path: Arc<AckPath>,
+    publish: Publish,
+}
+
+/// Where a connection's acknowledgements go.
+struct AckPath {
     client: AsyncClient,
     tx: mpsc::UnboundedSender<Publish>,
-    publish: Publish,
-    pub broker: Arc<BrokerStats>,
+    broker: Arc<BrokerStats>,
 }
 
 impl Ack {
@@ -63,9 +70,14 @@ impl Ack {
     /// matter). If the connection is gone, the broker redelivers on the
     /// next one (and the writer finds a duplicate).
     pub fn send(self) {
-        if self.client.try_ack(&self.publish).is_err() {
-            let _ = self.tx.send(self.publish);
+        if self.path.client.try_ack(&self.publish).is_err() {
+            let _ = self.path.tx.send(self.publish);
         }
+    }
+
+    /// The counters of the broker the message came from.
+    pub fn broker(&self) -> &BrokerStats {
+        &self.path.broker
     }
 }
 
@@ -142,6 +154,11 @@ pub async fn run(
         let _poller = AbortOnDrop(poller);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let _acker = AbortOnDrop(tokio::spawn(acker(client.clone(), ack_rx)));
+        let ack_path = Arc::new(AckPath {
+            client: client.clone(),
+            tx: ack_tx,
+            broker: counters.clone(),
+        });
         // Subscriptions are restored by nobody but us; the persistent
         // session keeps what was queued while we were away.
         // Verdicts: every broker holds the whole book, retained. The
@@ -220,10 +237,8 @@ pub async fn run(
                             let item = Item {
                                 doc,
                                 ack: Some(Ack {
-                                    client: client.clone(),
-                                    tx: ack_tx.clone(),
+                                    path: ack_path.clone(),
                                     publish: p,
-                                    broker: counters.clone(),
                                 }),
                             };
                             // Waiting for room downstream is not a wedge of
@@ -238,7 +253,7 @@ pub async fn run(
                         // Garbage is acknowledged at once: redelivering it
                         // helps nobody.
                         None => {
-                            let _ = ack_tx.send(p);
+                            let _ = ack_path.tx.send(p);
                         }
                     }
                 }

@@ -145,7 +145,7 @@ async fn write(
         if recent.contains(key) || !in_batch.insert(key) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
             if let Some(ack) = &item.ack {
-                ack.broker.duplicates.fetch_add(1, Ordering::Relaxed);
+                ack.broker().duplicates.fetch_add(1, Ordering::Relaxed);
             }
         } else {
             ids.push(key);
