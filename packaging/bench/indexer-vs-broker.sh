@@ -124,7 +124,9 @@ sleep 0.5
 echo "== mosquitto $broker"
 printf '%-9s %9s %8s %9s %6s %8s %8s %8s %11s  %s\n' mode published "sub/s" "indexer/s" ratio "sub us" "idx us" "es us" "mosq us" "(delivered: sub, indexer)"
 # The unpaced runs are short and move with the machine's load: each is run
-# REPS times (default 3) and the median ratio printed.
+# REPS times (default 3), and two summaries printed: the median of the
+# runs' ratios, and the ratio of the median rates (sub and indexer runs
+# vary independently, a pair's ratio carries the noise of both).
 reps=${REPS:-3}
 base="unpaced 10000 20000"
 [ "$(nproc)" -ge 2 ] && base="$base pinned"
@@ -132,7 +134,7 @@ modes=""
 for m in ${MODES:-$base}; do
     case $m in unpaced|pinned) for _ in $(seq "$reps"); do modes="$modes $m"; done ;; *) modes="$modes $m" ;; esac
 done
-declare -A ratios=()
+declare -A ratios=() subrates=() idxrates=()
 for mode in $modes; do
     run=$((run + 1))
     consumer=()
@@ -196,10 +198,14 @@ YAML
             sc, i / hz * 1e6 / d, e / hz * 1e6 / d, sm, m / hz * 1e6 / d, sn, inn }')
     echo "$line"
     ratios[$mode]="${ratios[$mode]:-} $(echo "$line" | awk '{print $5}')"
+    subrates[$mode]="${subrates[$mode]:-} $(echo "$line" | awk '{print $3}')"
+    idxrates[$mode]="${idxrates[$mode]:-} $(echo "$line" | awk '{print $4}')"
 done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for mode in unpaced pinned; do
     [ -n "${ratios[$mode]:-}" ] || continue
-    echo "$mode: median ratio $(echo ${ratios[$mode]} | tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }') of ${ratios[$mode]}"
+    sm=$(echo ${subrates[$mode]} | median); im=$(echo ${idxrates[$mode]} | median)
+    echo "$mode: median ratio $(echo ${ratios[$mode]} | median) of ${ratios[$mode]}; median rates: sub $sm/s, indexer $im/s, ratio $(awk -v a="$im" -v b="$sm" 'BEGIN { printf "%.2f", a / b }')"
 done
 kill $mpid; wait $mpid 2>/dev/null || true
 done
