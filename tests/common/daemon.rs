@@ -122,18 +122,20 @@ impl Daemon {
         super::mosquitto::signal(self.pid(), sig);
     }
 
-    /// Waits for the exit.
+    /// Waits for the exit and the end of its output, both within `within`.
     pub async fn wait(&mut self, within: Duration) -> ExitStatus {
-        let status = tokio::time::timeout(within, self.child.wait())
+        let deadline = tokio::time::Instant::now() + within;
+        let status = tokio::time::timeout_at(deadline, self.child.wait())
             .await
             .expect("daemon exited in time")
             .expect("wait");
-        // Collect the remaining lines, up to the end of both pipes: the
-        // exit can be seen before the readers have passed on the last lines
-        // (a test read the log there and missed "no result was waiting").
+        // Collect the remaining lines, up to the end of both pipes (within
+        // the same time): the exit can be seen before the readers have
+        // passed on the last lines (a test read the log there and missed
+        // "no result was waiting").
         let log = &mut self.log;
         let lines = &mut self.lines;
-        let _ = tokio::time::timeout(within, async {
+        let _ = tokio::time::timeout_at(deadline, async {
             while let Some(l) = lines.recv().await {
                 log.push(l);
             }
