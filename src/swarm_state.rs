@@ -411,8 +411,11 @@ impl SwarmState {
         let mut cells = 0;
         s.agents.retain(|_, a| {
             a.cells.retain(|_, c| !old(c.at));
-            cells += a.cells.len();
-            a.seen.last_result.is_some_and(|t| !old(t))
+            let keep = a.seen.last_result.is_some_and(|t| !old(t));
+            if keep {
+                cells += a.cells.len();
+            }
+            keep
         });
         s.cell_count = cells;
         for h in s.history.values_mut() {
@@ -649,6 +652,47 @@ mod tests {
         let later = t0 + FORGET_AFTER + Duration::from_secs(2);
         feed(&s, ("new", "t-new", "2026-01-03T00:00:00Z", 1, 1), 1, later);
         assert_eq!(s.snapshot(later).cells.len(), 1);
+    }
+
+    #[test]
+    fn the_pair_count_follows_what_is_kept() {
+        let s = SwarmState::new();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let later = t0 + Duration::from_secs(600);
+        let count = |s: &SwarmState| {
+            let held = s.lock().cell_count;
+            assert_eq!(held, s.snapshot(later).cells.len());
+            held
+        };
+        feed(&s, ("a", "old", "2026-01-01T00:00:10Z", 1, 1), 1, t0);
+        feed(&s, ("a", "new", "2026-01-01T00:10:10Z", 1, 1), 1, later);
+        // The clock stepped back: b's newest result is older than its
+        // other pair's.
+        feed(&s, ("b", "x", "2026-01-01T00:10:10Z", 1, 1), 1, later);
+        feed(&s, ("b", "y", "2026-01-01T00:10:20Z", 1, 1), 1, t0);
+        assert_eq!(count(&s), 4);
+        // a keeps its new pair; b goes, with both of its pairs.
+        s.prune(t0 + FORGET_AFTER + Duration::from_secs(1));
+        assert_eq!(count(&s), 1);
+        assert_eq!(s.snapshot(later).agents.len(), 1);
+    }
+
+    #[test]
+    fn labels_kept_compare_equal_to_the_labels_sent() {
+        let sent: BTreeMap<String, String> = (0..40)
+            .map(|i| (format!("k{i:02}{}", "é".repeat(100)), "v".repeat(300)))
+            .collect();
+        let s = SwarmState::new();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut r = result("a", "x", "2026-01-01T00:00:10Z", 1, 1);
+        r.labels = sent.clone();
+        s.record_result(&r, &broker(1), t0);
+        let kept = s.lock().agents["a"].labels.clone();
+        assert_eq!(kept.len(), MAX_LABELS);
+        assert!(same_labels(&kept, &sent), "a repeat would rebuild them");
+        let mut other = sent.clone();
+        other.insert("k00".into(), "changed".into());
+        assert!(!same_labels(&kept, &other));
     }
 
     #[test]
