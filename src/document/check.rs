@@ -155,7 +155,7 @@ pub(super) fn write(
     j.raw(",\"timespan\":{\"gte\":")?;
     j.str(&r.timestamp)?;
     j.raw(",\"lt\":")?;
-    j.str(&humantime::format_rfc3339_millis(end).to_string())?;
+    j.display(&humantime::format_rfc3339_millis(end))?;
     j.raw("}")?;
     if let Some(ip) = &r.addr {
         j.raw(",\"ip\":")?;
@@ -329,6 +329,14 @@ impl Json<'_> {
         self.raw("}")
     }
 
+    /// A value's `Display` text as a string, escaped (no copy first).
+    fn display(&mut self, value: &impl std::fmt::Display) -> Result<(), DocumentError> {
+        use serde::Serializer;
+        serde_json::Serializer::new(&mut *self.0)
+            .collect_str(value)
+            .map_err(|e| DocumentError::Encode(e.to_string()))
+    }
+
     /// Any value, as serde_json writes it.
     fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), DocumentError> {
         serde_json::to_writer(&mut *self.0, value).map_err(|e| DocumentError::Encode(e.to_string()))
@@ -418,6 +426,91 @@ mod tests {
         assert_eq!(d["observer"]["geo"]["name"], nasty);
         assert_eq!(d["labels"][nasty], nasty);
         assert_eq!(d["error"]["message"], nasty);
+    }
+
+    /// The document `write` gives, parsed (Synthetics flavour when
+    /// `state` is given).
+    fn written(
+        r: &PingResult,
+        judged: Option<&Classified>,
+        synthetics: Option<Option<StreakState>>,
+    ) -> Value {
+        let (start, r) = with_canonical_timestamp(r).unwrap();
+        let id = result_id(&r.agent, &r.target, &r.timestamp);
+        let part = synthetics.map(|state| SyntheticsPart {
+            namespace: "ns",
+            space_id: "space",
+            state,
+        });
+        let mut out = Vec::new();
+        write(&mut out, &r, start, id.as_str(), part, judged).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn every_optional_part_is_written_or_left_out_whole() {
+        use crate::protocol::RoundState;
+        let judged = Classified {
+            state: RoundState::Slow,
+            slow_ms: 20.0,
+            lossy: 0.25,
+            baseline_ms: Some(9.5),
+        };
+        let streak = StreakState {
+            id: "s1".into(),
+            started_at: "2026-11-25T11:00:00.000Z".into(),
+            duration_ms: 3_600_000,
+            status: "up",
+            checks: 61,
+            up: 61,
+            down: 0,
+        };
+        let d = written(&sample(), Some(&judged), Some(Some(streak)));
+        assert_eq!(d["ping"]["state"], "slow");
+        assert_eq!(
+            d["ping"]["levels"],
+            json!({"slow_ms": 20.0, "lossy": 0.25, "baseline_ms": 9.5})
+        );
+        assert_eq!(d["summary"]["status"], "up");
+        assert_eq!(d["summary"]["final_attempt"], true);
+        assert_eq!(d["summary"]["retry_group"], d["monitor"]["check_group"]);
+        assert_eq!(d["meta"]["space_id"], "space");
+        assert_eq!(
+            d["data_stream"],
+            json!({"type": "synthetics", "dataset": "icmp", "namespace": "ns"})
+        );
+        assert_eq!(d["state"]["checks"], 61);
+        assert_eq!(d["monitor"]["timespan"]["lt"], "2026-11-25T12:01:00.000Z");
+        // Non-finite levels and rtt statistics are left out one by one (an
+        // object of none is empty); no address, an error, no streak.
+        let judged = Classified {
+            slow_ms: f64::NAN,
+            lossy: f64::INFINITY,
+            baseline_ms: None,
+            ..judged
+        };
+        let mut r = sample();
+        r.addr = None;
+        r.error = Some("sendto: \"no route\"".into());
+        r.rtt = Some(RttStats {
+            min: f64::NAN,
+            avg: f64::NAN,
+            max: f64::INFINITY,
+            stddev: f64::NAN,
+        });
+        let d = written(&r, Some(&judged), Some(None));
+        assert_eq!(d["ping"]["levels"], json!({}));
+        assert_eq!(d["ping"]["rtt"], json!({}));
+        assert_eq!(d["error"]["message"], "sendto: \"no route\"");
+        assert!(d["monitor"].get("ip").is_none() && d.get("resolve").is_none());
+        assert!(d.get("state").is_none() && d["meta"]["space_id"] == "space");
+        // Uptime flavour, not judged: none of those parts.
+        let d = written(&sample(), None, None);
+        for part in ["meta", "data_stream", "state", "error"] {
+            assert!(d.get(part).is_none(), "{part}");
+        }
+        assert!(d["ping"].get("state").is_none() && d["ping"].get("levels").is_none());
+        assert!(d["summary"].get("final_attempt").is_none());
     }
 
     #[test]
