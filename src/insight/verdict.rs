@@ -253,6 +253,20 @@ fn reports(
     fresh(p, at_ms) && (noticed == 0 || agents.get(agent).is_some_and(|ag| ag.notice.is_none()))
 }
 
+/// The agents of `pairs` (one target's views) reporting at `at_ms`, with
+/// their views (see [`reports`]).
+fn reporting_in<'a>(
+    pairs: &'a BTreeMap<String, Pair>,
+    agents: &'a BTreeMap<String, AgentEntry>,
+    noticed: usize,
+    at_ms: i64,
+) -> impl Iterator<Item = (&'a str, &'a Pair)> {
+    pairs
+        .iter()
+        .filter(move |(a, p)| reports(agents, noticed, a, p, at_ms))
+        .map(|(a, p)| (a.as_str(), p))
+}
+
 /// Whether view `p` is recent enough to count at `at_ms` (within three of
 /// its agent's intervals).
 fn fresh(p: &Pair, at_ms: i64) -> bool {
@@ -339,23 +353,20 @@ impl Correlator {
         let interval_ms = o.interval_ms.max(1);
         let entry = self.targets.get_mut(o.target)?;
         // Why not entry(): it would allocate the name for every result.
-        if !entry.pairs.contains_key(o.agent) {
-            entry.pairs.insert(
-                o.agent.to_owned(),
-                Pair {
-                    state: RoundState::Up,
-                    at_ms: i64::MIN,
-                    interval_ms,
-                    streak_since_ms: o.at_ms,
-                    streak_rounds: 0,
-                    settled_bad: false,
-                    settled_since_ms: o.at_ms,
-                    baseline: Baseline::default(),
-                    provider: None,
-                },
-            );
-        }
-        let pair = entry.pairs.get_mut(o.agent)?;
+        let pair = match entry.pairs.get_mut(o.agent) {
+            Some(pair) => pair,
+            None => entry.pairs.entry(o.agent.to_owned()).or_insert(Pair {
+                state: RoundState::Up,
+                at_ms: i64::MIN,
+                interval_ms,
+                streak_since_ms: o.at_ms,
+                streak_rounds: 0,
+                settled_bad: false,
+                settled_since_ms: o.at_ms,
+                baseline: Baseline::default(),
+                provider: None,
+            }),
+        };
         let provider_changed = pair.provider.as_deref() != o.provider;
         if provider_changed {
             pair.provider = o.provider.map(str::to_owned);
@@ -563,11 +574,7 @@ impl Correlator {
 
     /// The agents reporting on a target at `at_ms`, with their views.
     fn reporting<'a>(&'a self, e: &'a TargetEntry, at_ms: i64) -> Vec<(&'a str, &'a Pair)> {
-        e.pairs
-            .iter()
-            .filter(|(a, p)| reports(&self.agents, self.noticed, a, p, at_ms))
-            .map(|(a, p)| (a.as_str(), p))
-            .collect()
+        reporting_in(&e.pairs, &self.agents, self.noticed, at_ms).collect()
     }
 
     fn judge_target(&mut self, target: &str, reporter: Option<&str>) {
@@ -656,14 +663,6 @@ impl Correlator {
         let Some(e) = targets.get_mut(target) else {
             return;
         };
-        // Who reports now (names, owned): only for a new candidate.
-        let reporting_now = |pairs: &BTreeMap<String, Pair>| -> BTreeSet<String> {
-            pairs
-                .iter()
-                .filter(|(a, p)| reports(agents, noticed, a, p, at_ms))
-                .map(|(a, _)| a.clone())
-                .collect()
-        };
         let current: TargetKey = (
             e.published.state,
             e.published.cause,
@@ -691,7 +690,11 @@ impl Correlator {
                     None => false,
                 },
                 _ => {
-                    *pending = Some(Pending::new(key.clone(), reporting_now(pairs)));
+                    // Who reports now (names, owned): only for a new candidate.
+                    let now: BTreeSet<String> = reporting_in(pairs, agents, noticed, at_ms)
+                        .map(|(a, _)| a.to_owned())
+                        .collect();
+                    *pending = Some(Pending::new(key.clone(), now));
                     confirm == 0
                 }
             }
