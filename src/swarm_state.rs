@@ -286,33 +286,43 @@ impl SwarmState {
         if let Some(b) = s.brokers.get_mut(broker) {
             b.results = b.results.saturating_add(1);
         }
-        if !s.agents.contains_key(&r.agent) && s.agents.len() >= MAX_AGENTS {
-            s.dropped = s.dropped.saturating_add(1);
-            return;
-        }
         // Results are at most 64 KiB of anyone's text: keep names that fit
         // and cut the rest, so the bounds above bound the memory too.
         if r.agent.len() > MAX_NAME || r.target.len() > MAX_NAME || r.timestamp.len() > MAX_NAME {
             s.dropped = s.dropped.saturating_add(1);
             return;
         }
+        let Inner {
+            agents,
+            cell_count,
+            history,
+            dropped,
+            ..
+        } = s;
+        // The agent is looked up once: every result of a steady swarm
+        // lands here.
+        let agents_held = agents.len();
+        let found = agents.get_mut(&r.agent);
+        if found.is_none() && agents_held >= MAX_AGENTS {
+            *dropped = dropped.saturating_add(1);
+            return;
+        }
         // A round already seen (redelivered after a failover, or through
         // another broker) or older than the newest: nothing new.
-        let known = s.agents.get(&r.agent).and_then(|a| a.cells.get(&r.target));
-        match known {
+        match found.as_deref().and_then(|a| a.cells.get(&r.target)) {
             Some(c) if r.timestamp <= c.round => return,
             Some(_) => {}
-            None if s.cell_count >= MAX_CELLS => {
-                s.dropped = s.dropped.saturating_add(1);
+            None if *cell_count >= MAX_CELLS => {
+                *dropped = dropped.saturating_add(1);
                 return;
             }
-            None => s.cell_count += 1,
+            None => *cell_count += 1,
         }
-        // Every result of a steady swarm lands here: what is as it was is
-        // left in place, not built again (no allocation per result).
-        let agent = match s.agents.get_mut(&r.agent) {
+        // What is as it was is left in place, not built again (no
+        // allocation per result).
+        let agent = match found {
             Some(agent) => agent,
-            None => s.agents.entry(r.agent.clone()).or_insert_with(|| Agent {
+            None => agents.entry(r.agent.clone()).or_insert_with(|| Agent {
                 seen: AgentSeen {
                     last_result: None,
                     interval: r.interval,
@@ -365,12 +375,11 @@ impl SwarmState {
         cell.round.clone_from(&r.timestamp);
         cell.interval = r.interval;
         cell.at = now;
-        if !s.history.contains_key(&r.target) && s.history.len() >= MAX_TARGETS {
-            return;
-        }
-        let history = match s.history.get_mut(&r.target) {
+        let targets_held = history.len();
+        let history = match history.get_mut(&r.target) {
             Some(h) => h,
-            None => s.history.entry(r.target.clone()).or_default(),
+            None if targets_held >= MAX_TARGETS => return,
+            None => history.entry(r.target.clone()).or_default(),
         };
         // The oldest point's name is reused for the newest.
         let mut point = if history.len() >= HISTORY {
